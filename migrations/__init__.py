@@ -1,0 +1,1 @@
+"""Alembic revisions of the tusserver schema (shipped in the package as `tusserver.migrations`)."""

@@ -1,0 +1,131 @@
+"""The `tusserver` command: `serve` and `migrate`.
+
+Every `serve` flag has a twin environment variable `TUSSERVER_<FLAG>` (flag wins); operators script
+against these names, so they stay stable. This is the only module that prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import ctypes.util
+import logging
+import sys
+from collections.abc import Sequence
+
+import uvicorn
+
+from tusserver.app import create_app
+from tusserver.config import ENV_PREFIX, Settings
+from tusserver.database import downgrade, make_engine, migrate
+
+_SERVE_FLAGS: list[tuple[str, str, str]] = [
+    ("host", "ADDRESS", "interface to listen on (default 127.0.0.1; 0.0.0.0 for all)"),
+    ("port", "PORT", "TCP port (default 1080)"),
+    ("base-path", "PATH", "URL path of the tus endpoint (default /files/)"),
+    ("data-dir", "DIR", "directory for upload bytes and the default SQLite database (default ./data)"),
+    ("database-url", "URL", "postgresql://user@host/db or sqlite:///file.db (default: SQLite in data dir)"),
+    ("max-size", "BYTES", "largest upload accepted, e.g. 10G or 1048576 (default: no limit)"),
+    ("on-finish", "MODULE:FUNC", "Python callable run once per finished upload (sync or async)"),
+    ("webhook-url", "URL", "URL that receives a JSON POST once per finished upload"),
+    ("log-level", "LEVEL", "debug, info, warning or error (default info)"),
+]  # fmt: skip
+
+
+def _flag_help(name: str, text: str) -> str:
+    return f"{text}  [env {ENV_PREFIX}{name.upper().replace('-', '_')}]"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tusserver",
+        description="Resumable uploads over the tus 1.0 protocol, with upload state in SQL.",
+        epilog="Run 'tusserver COMMAND --help' for the options of a command.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    serve = commands.add_parser(
+        "serve", help="run the server", description="Run the tus server (migrates the database first)."
+    )
+    for name, metavar, text in _SERVE_FLAGS:
+        serve.add_argument(f"--{name}", metavar=metavar, help=_flag_help(name, text))
+    migrate_cmd = commands.add_parser(
+        "migrate", help="bring the database schema up to date",
+        description="Apply the database migrations (the server also does this at start-up).",
+    )  # fmt: skip
+    for name, metavar, text in _SERVE_FLAGS:
+        if name in {"data-dir", "database-url", "log-level"}:
+            migrate_cmd.add_argument(f"--{name}", metavar=metavar, help=_flag_help(name, text))
+    migrate_cmd.add_argument("--revision", default="head", help="target revision (default head)")
+    migrate_cmd.add_argument(
+        "--downgrade", action="store_true", help="downgrade to --revision instead of upgrading"
+    )
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    flags = {
+        name.replace("-", "_"): getattr(args, name.replace("-", "_"))
+        for name, _, _ in _SERVE_FLAGS
+        if getattr(args, name.replace("-", "_"), None) is not None
+    }
+    return Settings.from_env().with_text_values(flags)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = settings_from(args)
+    except ValueError as exc:
+        print(f"tusserver: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    if args.command == "migrate":
+        asyncio.run(_migrate(settings, args.revision, args.downgrade))
+        print(f"database at revision {args.revision}")
+        return 0
+    return serve(settings)
+
+
+async def _migrate(settings: Settings, revision: str, down: bool) -> None:
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        await (downgrade(engine, revision) if down else migrate(engine, revision))
+    finally:
+        await engine.dispose()
+
+
+def serve(settings: Settings) -> int:
+    _tune_malloc()
+    try:
+        app = create_app(settings)
+    except ValueError as exc:
+        print(f"tusserver: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        server_header=False,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def _tune_malloc() -> None:
+    """Keep glibc from mapping and unmapping every ~256 KiB body chunk (about 2x throughput)."""
+    libc_name = ctypes.util.find_library("c")
+    if not libc_name or not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(libc_name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_mmap_threshold, 4 * 1024 * 1024)
+    mallopt(m_trim_threshold, 128 * 1024 * 1024)

@@ -1,0 +1,112 @@
+"""Server configuration: one frozen `Settings`, built at start-up and passed explicitly.
+
+Each field has a default, a unit in its name or docstring, and an environment variable
+`TUSSERVER_<FIELD>` (the CLI flags in `cli.py` mirror the same names). Nothing is read at import time.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "TUSSERVER_"
+_SIZE = re.compile(r"(?P<number>[0-9]+)\s*(?P<unit>[kmgt]?i?b?)", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def parse_byte_size(text: str) -> int:
+    """`1073741824`, `512M`, `10GiB` -> bytes (binary units)."""
+    match = _SIZE.fullmatch(text.strip())
+    if not match:
+        raise ValueError(f"not a size in bytes: {text!r} (examples: 1048576, 512M, 10G)")
+    unit = match["unit"].lower().rstrip("b").rstrip("i")
+    return int(match["number"]) * _UNITS[unit]
+
+
+def normalize_base_path(path: str) -> str:
+    """The tus endpoint path with exactly one leading and one trailing slash."""
+    stripped = path.strip("/")
+    return f"/{stripped}/" if stripped else "/"
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 1080
+    base_path: str = "/files/"
+    """Where the tus endpoint lives; `/files` and `/files/` both work."""
+    data_dir: Path = Path("data")
+    """Upload bytes go to `<data_dir>/uploads/`; the default SQLite database is `<data_dir>/tusserver.db`."""
+    database_url: str | None = None
+    """SQLAlchemy URL; `postgresql://...` and `sqlite:///...` are accepted as they are. None: SQLite."""
+    max_size: int | None = None
+    """Largest `Upload-Length` accepted, in bytes; None for no limit."""
+    on_finish: str | None = None
+    """`package.module:function` called once per finished upload (sync or async)."""
+    webhook_url: str | None = None
+    """URL that receives a JSON POST once per finished upload."""
+    log_level: str = "info"
+    lock_timeout: float = 10.0
+    """Seconds a request waits for another request on the same upload before answering 423."""
+    lock_ttl: float = 30.0
+    """Seconds a lock stays valid without renewal; bounds how long a killed process blocks an upload."""
+    hook_timeout: float = 30.0
+    """Seconds a webhook delivery may take before it is abandoned and logged."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "base_path", normalize_base_path(self.base_path))
+        object.__setattr__(self, "data_dir", Path(self.data_dir))
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "uploads"
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'tusserver.db'}"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings with every `TUSSERVER_*` variable of `environ` (default: os.environ) applied."""
+        env = os.environ if environ is None else environ
+        changes = {
+            name: env[ENV_PREFIX + name.upper()]
+            for name in _FIELD_PARSERS
+            if env.get(ENV_PREFIX + name.upper(), "") != ""
+        }
+        return cls().with_text_values(changes)
+
+    def with_text_values(self, values: Mapping[str, str]) -> Settings:
+        """A copy with fields set from text (environment or command line), parsed per field."""
+        try:
+            parsed: dict[str, Any] = {name: _FIELD_PARSERS[name](text) for name, text in values.items()}
+        except ValueError as exc:
+            raise ValueError(f"bad setting: {exc}") from None
+        return replace(self, **parsed)
+
+
+def _optional_size(text: str) -> int | None:
+    return None if text.strip().lower() in {"", "0", "none", "unlimited"} else parse_byte_size(text)
+
+
+_FIELD_PARSERS: dict[str, Callable[[str], object]] = {
+    "host": str,
+    "port": int,
+    "base_path": str,
+    "data_dir": Path,
+    "database_url": str,
+    "max_size": _optional_size,
+    "on_finish": str,
+    "webhook_url": str,
+    "log_level": str,
+    "lock_timeout": float,
+    "lock_ttl": float,
+    "hook_timeout": float,
+}
+assert set(_FIELD_PARSERS) <= {f.name for f in fields(Settings)}

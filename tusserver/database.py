@@ -1,0 +1,93 @@
+"""Database connections and schema migration.
+
+Owns turning a database URL into a tuned async engine (SQLite in WAL mode with a busy timeout,
+PostgreSQL through asyncpg) and bringing the schema to the newest Alembic revision. Knows nothing of
+uploads.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+_ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
+_ALIASES = {"postgres": "postgresql"}
+# Any fixed number: instances starting together take turns migrating (PostgreSQL only; see migrate).
+_MIGRATION_LOCK_KEY = 0x7475_7373
+
+
+def async_url(url: str) -> URL:
+    """`sqlite:///x.db` / `postgresql://...` -> the same URL with its async driver."""
+    parsed = make_url(url)
+    backend = _ALIASES.get(parsed.get_backend_name(), parsed.get_backend_name())
+    if backend not in _ASYNC_DRIVERS:
+        raise ValueError(f"unsupported database {backend!r}: use sqlite or postgresql")
+    if "+" in parsed.drivername:
+        return parsed
+    return parsed.set(drivername=_ASYNC_DRIVERS[backend])
+
+
+def make_engine(url: str) -> AsyncEngine:
+    """An engine for `url`; creates the directory of an SQLite file."""
+    parsed = async_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(parsed)
+    return create_async_engine(parsed, pool_size=10, max_overflow=20, pool_recycle=1800)
+
+
+def _sqlite_engine(url: URL) -> AsyncEngine:
+    if url.database and url.database != ":memory:":
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_async_engine(url, connect_args={"timeout": 30})
+    sa.event.listen(engine.sync_engine, "connect", _tune_sqlite)
+    return engine
+
+
+def _tune_sqlite(dbapi_connection: Any, _record: object) -> None:
+    # WAL lets readers run beside the one writer; NORMAL sync is durable across process crashes
+    # (a power loss may drop the last transactions, never corrupt); wait for locks instead of failing.
+    cursor = dbapi_connection.cursor()
+    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=30000"):
+        cursor.execute(f"PRAGMA {pragma}")
+    cursor.close()
+
+
+def alembic_config(url: str | None = None) -> Config:
+    """Alembic configuration pointing at the revisions shipped with the package."""
+    config = Config()
+    config.set_main_option("script_location", str(resources.files("tusserver.migrations")))
+    if url is not None:
+        config.set_main_option("sqlalchemy.url", str(async_url(url)).replace("%", "%%"))
+    return config
+
+
+async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
+    """Upgrade the schema to `revision` inside one transaction."""
+    async with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            await connection.execute(
+                sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
+            )
+        await connection.run_sync(_run_alembic, "upgrade", revision)
+
+
+async def downgrade(engine: AsyncEngine, revision: str) -> None:
+    """Downgrade the schema to `revision` (used by tests and by `tusserver migrate --revision`)."""
+    async with engine.begin() as connection:
+        await connection.run_sync(_run_alembic, "downgrade", revision)
+
+
+def _run_alembic(connection: sa.Connection, direction: str, revision: str) -> None:
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    if direction == "upgrade":
+        command.upgrade(config, revision)
+    else:
+        command.downgrade(config, revision)

@@ -1,0 +1,100 @@
+"""The error hierarchy of tusserver.
+
+Every failure a client can cause is a `TusError` subclass that carries the HTTP status it implies and a
+short text naming the problem. Nothing here knows about Starlette: `app.py` maps these to responses in
+one place. Extra response headers (the current `Upload-Offset` on a 409, `Tus-Version` on a 412) travel
+with the error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+
+class TusError(Exception):
+    """A request that cannot be served; `status` is the HTTP status to answer with."""
+
+    status = 400
+
+    def __init__(self, message: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers: dict[str, str] = dict(headers or {})
+
+
+class BadRequest(TusError):
+    """A malformed or contradictory header (400)."""
+
+    status = 400
+
+
+class Forbidden(TusError):
+    """The request is well-formed but not allowed on this upload, e.g. PATCH to a final upload (403)."""
+
+    status = 403
+
+
+class UploadNotFound(TusError):
+    """No upload has this ID (404)."""
+
+    status = 404
+
+    def __init__(self, upload_id: str = "") -> None:
+        super().__init__("upload not found")
+        self.upload_id = upload_id
+
+
+class MethodNotAllowed(TusError):
+    """The route exists but does not take this method (405)."""
+
+    status = 405
+
+
+class OffsetMismatch(TusError):
+    """`Upload-Offset` differs from the upload's current offset (409)."""
+
+    status = 409
+
+
+class UploadGone(TusError):
+    """The upload existed but has expired or was terminated (410)."""
+
+    status = 410
+
+
+class UnsupportedVersion(TusError):
+    """The request's `Tus-Resumable` is missing or names a version this server does not speak (412)."""
+
+    status = 412
+
+
+class TooLarge(TusError):
+    """The upload or this request would exceed `Upload-Length` or the configured maximum (413)."""
+
+    status = 413
+
+
+class UnsupportedMediaType(TusError):
+    """A body was sent with a Content-Type other than `application/offset+octet-stream` (415)."""
+
+    status = 415
+
+
+class UploadLocked(TusError):
+    """Another request holds the upload's lock and did not let go in time (423)."""
+
+    status = 423
+
+
+class ServiceUnavailable(TusError):
+    """A dependency (the database) cannot be reached; the client should retry later (503)."""
+
+    status = 503
+
+
+class LockLost(Exception):
+    """This request's lease on an upload expired or was taken over while it was writing.
+
+    Not a `TusError`: it is an internal signal that the writer must stop without committing. The handler
+    answers 423 through `UploadLocked`, which the service raises in its place.
+    """

@@ -1,0 +1,66 @@
+"""`TusMiddleware`: the protocol rules that hold for every request, as pure ASGI.
+
+It applies `X-HTTP-Method-Override` before routing (C-H8), refuses requests without a supported
+`Tus-Resumable` with 412 + `Tus-Version` before anything else runs (C-H2, C-H3; OPTIONS is exempt,
+C-O2), and adds `Tus-Resumable` to every response, Starlette's own 404/405 included (C-H1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from tusserver.protocol import METHOD_OVERRIDE, TUS_RESUMABLE, TUS_VERSION, TUS_VERSION_HEADER
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_OVERRIDE = METHOD_OVERRIDE.lower().encode()
+_RESUMABLE = TUS_RESUMABLE.lower().encode()
+_VERSION_PAIR = (_RESUMABLE, TUS_VERSION.encode())
+# Methods a client may send without Tus-Resumable: preflights and plain downloads.
+_EXEMPT = frozenset({"OPTIONS", "GET"})
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
+
+
+class TusMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        override = _header(scope, _OVERRIDE)
+        if override:
+            scope = dict(scope, method=override.decode("latin-1").strip().upper())
+
+        async def send_with_version(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), _VERSION_PAIR]
+            await send(message)
+
+        if scope["method"] not in _EXEMPT and _header(scope, _RESUMABLE) != _VERSION_PAIR[1]:
+            await _refuse_version(scope["method"], send_with_version)
+            return
+        await self.app(scope, receive, send_with_version)
+
+
+async def _refuse_version(method: str, send: Send) -> None:
+    body = b"" if method == "HEAD" else f"{TUS_RESUMABLE} must be {TUS_VERSION}\n".encode()
+    headers = [
+        (TUS_VERSION_HEADER.lower().encode(), TUS_VERSION.encode()),
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    await send({"type": "http.response.start", "status": 412, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

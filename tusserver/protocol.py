@@ -1,0 +1,142 @@
+"""tus 1.0 header syntax, sans I/O: names, parsers and formatters.
+
+Every rule about what a header value may look like lives here and nowhere else (PROTOCOL.md §1-§5).
+Parsers take the raw header value (or None when absent) and either return a typed value or raise the
+`TusError` the spec implies. No Starlette, no database, no storage.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from datetime import datetime
+from email.utils import format_datetime
+
+from tusserver.errors import BadRequest, UnsupportedMediaType
+
+TUS_VERSION = "1.0.0"
+
+TUS_RESUMABLE = "Tus-Resumable"
+TUS_VERSION_HEADER = "Tus-Version"
+TUS_EXTENSION = "Tus-Extension"
+TUS_MAX_SIZE = "Tus-Max-Size"
+UPLOAD_OFFSET = "Upload-Offset"
+UPLOAD_LENGTH = "Upload-Length"
+UPLOAD_DEFER_LENGTH = "Upload-Defer-Length"
+UPLOAD_METADATA = "Upload-Metadata"
+UPLOAD_CONCAT = "Upload-Concat"
+UPLOAD_EXPIRES = "Upload-Expires"
+METHOD_OVERRIDE = "X-HTTP-Method-Override"
+CONTENT_TYPE = "Content-Type"
+CONTENT_LENGTH = "Content-Length"
+CACHE_CONTROL = "Cache-Control"
+LOCATION = "Location"
+
+OFFSET_OCTET_STREAM = "application/offset+octet-stream"
+
+EXTENSIONS = (
+    "creation",
+    "creation-with-upload",
+    "creation-defer-length",
+    "termination",
+)
+
+MAX_INT64 = 2**63 - 1
+_DIGITS = re.compile(r"[0-9]+")
+# Keys: printable ASCII without space or comma (SPEC: "MUST NOT contain spaces and commas").
+_METADATA_KEY = re.compile(r"[!-+\--~]+")
+
+
+def parse_size(value: str | None, header: str) -> int | None:
+    """A non-negative integer header (`Upload-Offset`, `Upload-Length`); None when absent (C-H7)."""
+    if value is None:
+        return None
+    if not _DIGITS.fullmatch(value):
+        raise BadRequest(f"invalid {header}: expected a non-negative integer")
+    number = int(value)
+    if number > MAX_INT64:
+        raise BadRequest(f"invalid {header}: larger than 2^63-1")
+    return number
+
+
+def parse_offset(value: str | None) -> int:
+    """`Upload-Offset` on PATCH: required and a non-negative integer (C-P2)."""
+    offset = parse_size(value, UPLOAD_OFFSET)
+    if offset is None:
+        raise BadRequest(f"missing {UPLOAD_OFFSET}")
+    return offset
+
+
+def parse_creation_length(length: str | None, defer: str | None) -> int | None:
+    """`Upload-Length` / `Upload-Defer-Length` on POST; None means deferred (CR-3, CR-4, CR-5)."""
+    if defer is not None:
+        if defer != "1":
+            raise BadRequest(f"invalid {UPLOAD_DEFER_LENGTH}: the only allowed value is 1")
+        if length is not None:
+            raise BadRequest(f"{UPLOAD_LENGTH} and {UPLOAD_DEFER_LENGTH} are mutually exclusive")
+        return None
+    parsed = parse_size(length, UPLOAD_LENGTH)
+    if parsed is None:
+        raise BadRequest(f"missing {UPLOAD_LENGTH} or {UPLOAD_DEFER_LENGTH}: 1")
+    return parsed
+
+
+def require_offset_stream(content_type: str | None) -> None:
+    """A body must be sent as `application/offset+octet-stream` (C-P1, CU-2)."""
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    if media_type != OFFSET_OCTET_STREAM:
+        raise UnsupportedMediaType(f"{CONTENT_TYPE} must be {OFFSET_OCTET_STREAM}")
+
+
+def parse_metadata(value: str | None) -> str | None:
+    """Validate `Upload-Metadata`; returns the header to store and echo, None if there is none.
+
+    Strict (M-4): every value is padded standard base64, keys are unique printable ASCII. An empty or
+    blank header means no metadata (M-3: tuspy always sends one). Spaces around commas are tolerated
+    (M-5) and the header is kept as received, so HEAD echoes it byte for byte (M-6).
+    """
+    if value is None or not value.strip():
+        return None
+    decode_metadata(value)
+    return value.strip()
+
+
+def decode_metadata(value: str | None) -> dict[str, bytes]:
+    """Decode a validated or raw `Upload-Metadata` header into key -> value bytes."""
+    pairs: dict[str, bytes] = {}
+    if value is None or not value.strip():
+        return pairs
+    for pair in value.split(","):
+        key, encoded = _split_pair(pair.strip())
+        if key in pairs:
+            raise BadRequest(f"invalid {UPLOAD_METADATA}: duplicate key {key!r}")
+        pairs[key] = _decode_base64(key, encoded)
+    return pairs
+
+
+def _split_pair(pair: str) -> tuple[str, str]:
+    parts = pair.split(" ")
+    if len(parts) > 2:
+        raise BadRequest(f"invalid {UPLOAD_METADATA}: a pair has more than a key and a value")
+    key = parts[0]
+    if not _METADATA_KEY.fullmatch(key):
+        raise BadRequest(f"invalid {UPLOAD_METADATA}: keys must be non-empty printable ASCII")
+    return key, parts[1] if len(parts) == 2 else ""
+
+
+def _decode_base64(key: str, encoded: str) -> bytes:
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest(f"invalid {UPLOAD_METADATA}: value of {key!r} is not base64") from None
+
+
+def metadata_text(value: str | None) -> dict[str, str]:
+    """Decoded metadata as text, for hooks and logs; undecodable bytes are replaced."""
+    return {key: raw.decode("utf-8", "replace") for key, raw in decode_metadata(value).items()}
+
+
+def format_http_date(moment: datetime) -> str:
+    """IMF-fixdate, as `Upload-Expires` requires (E-4)."""
+    return format_datetime(moment, usegmt=True)

@@ -1,0 +1,138 @@
+"""Upload state in SQL: `SqlUploadStore`, one short transaction per call.
+
+Owns every query on the `upload` table, including the lease columns that `locking.py` builds on.
+Offsets only move through a compare-and-set on (offset, lock owner), so a writer that lost its lease
+can never commit. Database failures are translated once, here, into `ServiceUnavailable` (503).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from tusserver.core import Upload
+from tusserver.errors import ServiceUnavailable, UploadNotFound
+from tusserver.schema import upload_table
+
+log = logging.getLogger(__name__)
+_t = upload_table.c
+_UPLOAD_COLUMNS = (
+    _t.id, _t.offset, _t.length, _t.metadata, _t.concat, _t.storage,
+    _t.created_at, _t.updated_at, _t.expires_at, _t.completed_at,
+)  # fmt: skip
+RETRY_AFTER_SECONDS = "5"
+
+
+def _to_upload(row: sa.Row[Any, *tuple[Any, ...]]) -> Upload:
+    values = row._mapping
+    return Upload(**{column.name: values[column.name] for column in _UPLOAD_COLUMNS})
+
+
+class SqlUploadStore:
+    """The UploadStore backed by SQLAlchemy Core on an async engine."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
+        try:
+            async with self.engine.begin() as connection:
+                yield connection
+        except (sa.exc.OperationalError, sa.exc.InterfaceError, OSError) as exc:
+            log.warning("database_unavailable error=%s", type(exc).__name__)
+            raise ServiceUnavailable(
+                "database unavailable, retry later", {"Retry-After": RETRY_AFTER_SECONDS}
+            ) from exc
+
+    async def add(self, upload: Upload, lock_owner: str | None, lock_expires_at: datetime | None) -> None:
+        """Insert a new upload, optionally already leased to `lock_owner`."""
+        row = asdict(upload)
+        row["storage"] = dict(upload.storage)
+        row.update(lock_owner=lock_owner, lock_expires_at=lock_expires_at, release_requested=False)
+        async with self._transaction() as connection:
+            await connection.execute(sa.insert(upload_table).values(**row))
+
+    async def get(self, upload_id: str) -> Upload:
+        query = sa.select(*_UPLOAD_COLUMNS).where(_t.id == upload_id)
+        async with self._transaction() as connection:
+            row = (await connection.execute(query)).first()
+        if row is None:
+            raise UploadNotFound(upload_id)
+        return _to_upload(row)
+
+    async def acquire(self, upload_id: str, owner: str, now: datetime, expires_at: datetime) -> Upload | None:
+        """Take the lease if it is free or expired: the upload, or None while someone else holds it."""
+        free = sa.or_(_t.lock_owner.is_(None), _t.lock_expires_at < now)
+        statement = (
+            sa.update(upload_table)
+            .where(_t.id == upload_id, free)
+            .values(lock_owner=owner, lock_expires_at=expires_at, release_requested=False)
+            .returning(*_UPLOAD_COLUMNS)
+        )
+        async with self._transaction() as connection:
+            row = (await connection.execute(statement)).first()
+            if row is None:
+                await self._require_exists(connection, upload_id)
+        return None if row is None else _to_upload(row)
+
+    async def _require_exists(self, connection: AsyncConnection, upload_id: str) -> None:
+        found = await connection.scalar(sa.select(_t.id).where(_t.id == upload_id))
+        if found is None:
+            raise UploadNotFound(upload_id)
+
+    async def renew(self, upload_id: str, owner: str, expires_at: datetime) -> bool:
+        """Extend a lease this owner still holds; False if it was lost."""
+        statement = (
+            sa.update(upload_table)
+            .where(_t.id == upload_id, _t.lock_owner == owner)
+            .values(lock_expires_at=expires_at)
+        )
+        async with self._transaction() as connection:
+            result = await connection.execute(statement)
+        return bool(result.rowcount)
+
+    async def release(self, upload_id: str, owner: str) -> None:
+        statement = (
+            sa.update(upload_table)
+            .where(_t.id == upload_id, _t.lock_owner == owner)
+            .values(lock_owner=None, lock_expires_at=None, release_requested=False)
+        )
+        async with self._transaction() as connection:
+            await connection.execute(statement)
+
+    async def commit(self, upload: Upload, owner: str, old_offset: int, release: bool) -> Upload | None:
+        """Compare-and-set: store `upload`'s offset/length/timestamps if the row is still at
+        `old_offset` and leased to `owner`. Returns the stored upload, or None if that no longer holds."""
+        changes: dict[str, Any] = {
+            "offset": upload.offset,
+            "length": upload.length,
+            "updated_at": upload.updated_at,
+            "expires_at": upload.expires_at,
+            "completed_at": upload.completed_at,
+        }
+        if release:
+            changes.update(lock_owner=None, lock_expires_at=None, release_requested=False)
+        statement = (
+            sa.update(upload_table)
+            .where(_t.id == upload.id, _t.offset == old_offset, _t.lock_owner == owner)
+            .values(**changes)
+            .returning(*_UPLOAD_COLUMNS)
+        )
+        async with self._transaction() as connection:
+            row = (await connection.execute(statement)).first()
+        return None if row is None else _to_upload(row)
+
+    async def delete(self, upload_id: str, owner: str) -> bool:
+        """Delete the row if `owner` holds its lease; False if it did not."""
+        statement = sa.delete(upload_table).where(_t.id == upload_id, _t.lock_owner == owner)
+        async with self._transaction() as connection:
+            result = await connection.execute(statement)
+        return bool(result.rowcount)
