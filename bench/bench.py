@@ -360,11 +360,7 @@ async def run_all(
     results: list[Result] = []
     try:
         for scenario in SCENARIOS:
-            wall, server_cpu, client_cpu = (
-                time.perf_counter(),
-                rss.cpu_seconds(),
-                time.process_time(),
-            )
+            wall, server_cpu, client_cpu = time.perf_counter(), rss.cpu_seconds(), time.process_time()
             try:
                 result = await scenario(port, plan, rss)
             except BenchError as exc:
@@ -375,10 +371,8 @@ async def run_all(
                 raise
             wall = time.perf_counter() - wall
             server_cpu = rss.cpu_seconds() - server_cpu
-            result.cpu_pct = (
-                100 * server_cpu / wall,
-                100 * (time.process_time() - client_cpu) / wall,
-            )
+            client_cpu = time.process_time() - client_cpu
+            result.cpu_pct = (100 * server_cpu / wall, 100 * client_cpu / wall)
             results.append(result)
         return results, rss.read_kib("VmHWM")
     finally:
@@ -526,6 +520,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BenchError as exc:
         print(f"\nBENCHMARK ABORTED: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(format_table(results, hwm))

@@ -52,7 +52,7 @@ class Settings:
     log_level: str = "info"
     lock_timeout: float = 10.0
     """Seconds a request waits for another request on the same upload before answering 423."""
-    lock_ttl: float = 30.0
+    lock_ttl: float = 6.0
     """Seconds a lock stays valid without renewal; bounds how long a killed process blocks an upload."""
     hook_timeout: float = 30.0
     """Seconds a webhook delivery may take before it is abandoned and logged."""

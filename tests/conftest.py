@@ -1,0 +1,137 @@
+"""Shared fixtures: the database each test runs against, the app behind httpx, a real uvicorn process.
+
+`--database sqlite|postgresql|all` (default all) chooses the backends; every test that takes the
+`database_url` fixture runs once per backend. PostgreSQL is the server at TUSSERVER_TEST_POSTGRES_URL
+(default postgresql://postgres@127.0.0.1:5432/postgres): a fresh database is created for the session
+and dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+from sqlalchemy.engine import make_url
+
+from tests.servers import ServerProcess
+from tusserver import Settings, create_app
+from tusserver.protocol import TUS_RESUMABLE, TUS_VERSION
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "TUSSERVER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+BACKENDS = ("sqlite", "postgresql")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--database",
+        choices=[*BACKENDS, "all"],
+        default="all",
+        help="database backend(s) to run the suite against (default: all)",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" in metafunc.fixturenames:
+        chosen = metafunc.config.getoption("--database")
+        backends = BACKENDS if chosen == "all" else (chosen,)
+        metafunc.parametrize("backend", backends, scope="session")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def _recreate_database(name: str) -> None:
+    connection = await asyncpg.connect(POSTGRES_ADMIN_URL)
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()
+
+
+async def _drop_database(name: str) -> None:
+    connection = await asyncpg.connect(POSTGRES_ADMIN_URL)
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await connection.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for this test session; its URL."""
+    name = f"tusserver_test_{os.getpid()}_{secrets.token_hex(3)}"
+    asyncio.run(_recreate_database(name))
+    yield make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    asyncio.run(_drop_database(name))
+
+
+def new_postgres_database() -> str:
+    """Another fresh database (for tests that need a schema of their own); dropped with the server."""
+    name = f"tusserver_test_{os.getpid()}_{secrets.token_hex(3)}"
+    asyncio.run(_recreate_database(name))
+    return make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'tusserver.db'}"
+    url: str = request.getfixturevalue("postgres_database")
+    return url
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    return Settings(data_dir=tmp_path / "data", database_url=database_url, lock_timeout=2.0)
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client talking to the app in-process (lifespan run), Tus-Resumable preset."""
+    async with app_client(settings) as http:
+        yield http
+
+
+def app_client(settings: Settings) -> AppClient:
+    return AppClient(settings)
+
+
+class AppClient:
+    """`async with AppClient(settings) as http`: the app's lifespan plus an httpx client on it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.app = create_app(settings)
+
+    async def __aenter__(self) -> httpx.AsyncClient:
+        self._lifespan = self.app.router.lifespan_context(self.app)
+        await self._lifespan.__aenter__()
+        self._http = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=self.app),
+            base_url="http://testserver",
+            headers={TUS_RESUMABLE: TUS_VERSION},
+        )
+        return self._http
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._http.aclose()
+        await self._lifespan.__aexit__(None, None, None)
+
+
+@pytest.fixture
+def server(tmp_path: Path, database_url: str) -> Iterator[ServerProcess]:
+    """A real `tusserver serve` process on a loopback port, stopped after the test."""
+    process = ServerProcess(data_dir=tmp_path / "data", database_url=database_url)
+    process.start()
+    yield process
+    process.stop()

@@ -1,0 +1,47 @@
+"""Small request helpers shared by the protocol tests (in-process app through httpx)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import httpx
+
+from tusserver.protocol import OFFSET_OCTET_STREAM
+
+BASE = "/files/"
+
+
+async def create(client: httpx.AsyncClient, length: int | None = 12, **headers: str) -> str:
+    """POST a new upload; returns its path (e.g. /files/abc...)."""
+    sent = {"Upload-Length": str(length)} if length is not None else {"Upload-Defer-Length": "1"}
+    sent.update({key.replace("_", "-"): value for key, value in headers.items()})
+    response = await client.post(BASE, headers=sent)
+    assert response.status_code == 201, response.text
+    return httpx.URL(response.headers["Location"]).path
+
+
+async def patch(
+    client: httpx.AsyncClient, path: str, offset: int, body: bytes, **headers: str
+) -> httpx.Response:
+    sent = {"Content-Type": OFFSET_OCTET_STREAM, "Upload-Offset": str(offset)}
+    sent.update({key.replace("_", "-"): value for key, value in headers.items()})
+    return await client.patch(path, content=body, headers=sent)
+
+
+async def offset_of(client: httpx.AsyncClient, path: str) -> int:
+    response = await client.head(path)
+    assert response.status_code == 200
+    return int(response.headers["Upload-Offset"])
+
+
+def stored_bytes(data_dir: Path, path: str) -> bytes:
+    return (data_dir / "uploads" / path.rsplit("/", 1)[1]).read_bytes()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while block := file.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
