@@ -62,10 +62,18 @@ def _tune_sqlite(dbapi_connection: Any, _record: object) -> None:
 def alembic_config(url: str | None = None) -> Config:
     """Alembic configuration pointing at the revisions shipped with the package."""
     config = Config()
-    config.set_main_option("script_location", str(resources.files("tusserver.migrations")))
+    config.set_main_option("script_location", str(_migrations_directory()))
     if url is not None:
         config.set_main_option("sqlalchemy.url", str(async_url(url)).replace("%", "%%"))
     return config
+
+
+def _migrations_directory() -> Path:
+    """The installed `tusserver.migrations`, or `migrations/` beside the package in a bare checkout."""
+    try:
+        return Path(str(resources.files("tusserver.migrations")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "migrations"
 
 
 async def migrate(engine: AsyncEngine, revision: str = "head") -> None:

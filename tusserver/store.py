@@ -7,6 +7,8 @@ can never commit. Database failures are translated once, here, into `ServiceUnav
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -40,9 +42,19 @@ class SqlUploadStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        # SQLite runs one writer at a time. Queueing this process's transactions here is fair and
+        # immediate, where contending inside SQLite means its busy handler's sleeps (long tails).
+        self._serialize = engine.dialect.name == "sqlite"
+        self._turn = asyncio.Lock()
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncConnection]:
+        async with self._turn if self._serialize else contextlib.nullcontext():
+            async with self._open() as connection:
+                yield connection
+
+    @asynccontextmanager
+    async def _open(self) -> AsyncIterator[AsyncConnection]:
         try:
             async with self.engine.begin() as connection:
                 yield connection
@@ -62,7 +74,7 @@ class SqlUploadStore:
 
     async def get(self, upload_id: str) -> Upload:
         query = sa.select(*_UPLOAD_COLUMNS).where(_t.id == upload_id)
-        async with self._transaction() as connection:
+        async with self._open() as connection:  # a read: WAL lets it run beside the writer
             row = (await connection.execute(query)).first()
         if row is None:
             raise UploadNotFound(upload_id)
