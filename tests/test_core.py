@@ -49,7 +49,9 @@ async def test_unsupported_tus_resumable_is_412_and_not_processed_c_h2_c_h3(
 ) -> None:
     path = await create(client, 5)
     headers = {"Upload-Length": "5", "Content-Type": "application/offset+octet-stream", "Upload-Offset": "0"}
-    request = client.build_request(method, BASE if method == "POST" else path, headers=headers, content=b"abcde")
+    request = client.build_request(
+        method, BASE if method == "POST" else path, headers=headers, content=b"abcde"
+    )
     if version is None:
         del request.headers["Tus-Resumable"]
     else:
@@ -98,7 +100,9 @@ async def test_patch_appends_and_returns_new_offset_c_p5_c_p9(
 
 
 @pytest.mark.parametrize("content_type", [None, "text/plain", "application/octet-stream"])
-async def test_patch_requires_offset_octet_stream_c_p1(client: httpx.AsyncClient, content_type: str | None) -> None:
+async def test_patch_requires_offset_octet_stream_c_p1(
+    client: httpx.AsyncClient, content_type: str | None
+) -> None:
     path = await create(client, 5)
     headers = {"Upload-Offset": "0"}
     if content_type:

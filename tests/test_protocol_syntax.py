@@ -51,7 +51,11 @@ def test_creation_length_and_deferral_cr3_cr4_cr5() -> None:
 
 @pytest.mark.parametrize(
     "content_type",
-    ["application/offset+octet-stream", "Application/Offset+Octet-Stream", "application/offset+octet-stream; x=1"],
+    [
+        "application/offset+octet-stream",
+        "Application/Offset+Octet-Stream",
+        "application/offset+octet-stream; x=1",
+    ],
 )
 def test_offset_stream_content_type_accepted_c_p1(content_type: str) -> None:
     require_offset_stream(content_type)

@@ -49,9 +49,9 @@ class SqlUploadStore:
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncConnection]:
-        async with self._turn if self._serialize else contextlib.nullcontext():
-            async with self._open() as connection:
-                yield connection
+        turn = self._turn if self._serialize else contextlib.nullcontext()
+        async with turn, self._open() as connection:
+            yield connection
 
     @asynccontextmanager
     async def _open(self) -> AsyncIterator[AsyncConnection]:
