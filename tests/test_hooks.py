@@ -1,0 +1,177 @@
+"""The finish hook: fired exactly once per upload, never failing or delaying the response."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from tests import hook_recorder
+from tests.conftest import app_client
+from tests.helpers import BASE, create, patch
+from tusserver import Settings
+from tusserver.hooks import load_callable
+
+pytestmark = pytest.mark.anyio
+
+
+class WebhookReceiver:
+    """A real HTTP server on a loopback port that keeps every JSON body POSTed to it."""
+
+    def __init__(self, status: int = 200) -> None:
+        self.bodies: list[dict[str, object]] = []
+        self.arrived = threading.Event()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers["Content-Length"])
+                receiver.bodies.append(json.loads(self.rfile.read(length)))
+                self.send_response(status)
+                self.end_headers()
+                receiver.arrived.set()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[WebhookReceiver]:
+    receiver = WebhookReceiver()
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_recorder() -> None:
+    hook_recorder.events.clear()
+    hook_recorder.release = asyncio.Event()
+
+
+def hooked(tmp_path: Path, database_url: str, **options: object) -> Settings:
+    return Settings(data_dir=tmp_path / "d", database_url=database_url, hook_timeout=2.0, **options)  # type: ignore[arg-type]
+
+
+async def wait_for(condition: object, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():  # type: ignore[operator]
+            await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("hook", ["tests.hook_recorder:record", "tests.hook_recorder:record_async"])
+async def test_callable_fires_once_with_upload_facts(tmp_path: Path, database_url: str, hook: str) -> None:
+    settings = hooked(tmp_path, database_url, on_finish=hook)
+    async with app_client(settings) as client:
+        path = await create(client, 6, Upload_Metadata="filename cmVwb3J0LnBkZg==,empty")
+        assert (await patch(client, path, 0, b"abc")).status_code == 204
+        assert (await patch(client, path, 3, b"def")).status_code == 204
+        assert (await patch(client, path, 6, b"")).status_code == 204  # a retry must not fire again
+        await wait_for(lambda: hook_recorder.events)
+        await asyncio.sleep(0.2)
+    assert len(hook_recorder.events) == 1
+    event = hook_recorder.events[0]
+    assert event.upload.id == path.rsplit("/", 1)[1]
+    assert (event.upload.length, event.upload.offset) == (6, 6)
+    assert event.metadata == {"filename": "report.pdf", "empty": ""}
+    assert Path(event.storage["path"]).read_bytes() == b"abcdef"
+
+
+async def test_zero_length_and_creation_with_upload_fire_too(tmp_path: Path, database_url: str) -> None:
+    settings = hooked(tmp_path, database_url, on_finish="tests.hook_recorder:record")
+    async with app_client(settings) as client:
+        await create(client, 0)
+        headers = {"Upload-Length": "3", "Content-Type": "application/offset+octet-stream"}
+        assert (await client.post(BASE, headers=headers, content=b"abc")).status_code == 201
+        await wait_for(lambda: len(hook_recorder.events) == 2)
+    assert sorted(event.upload.length or 0 for event in hook_recorder.events) == [0, 3]
+
+
+async def test_webhook_receives_json_once(
+    tmp_path: Path, database_url: str, receiver: WebhookReceiver
+) -> None:
+    settings = hooked(tmp_path, database_url, webhook_url=receiver.url)
+    async with app_client(settings) as client:
+        path = await create(client, 2, Upload_Metadata="filename YS50eHQ=")
+        assert (await patch(client, path, 0, b"hi")).status_code == 204
+        await wait_for(lambda: receiver.bodies)
+        await asyncio.sleep(0.2)
+    assert len(receiver.bodies) == 1
+    body = receiver.bodies[0]
+    assert body["type"] == "post-finish"
+    upload = body["upload"]
+    assert isinstance(upload, dict)
+    assert upload["id"] == path.rsplit("/", 1)[1]
+    assert upload["length"] == 2
+    assert upload["metadata"] == {"filename": "a.txt"}
+    assert upload["storage"]["type"] == "local"
+
+
+async def test_slow_hook_does_not_delay_the_response(tmp_path: Path, database_url: str) -> None:
+    settings = hooked(tmp_path, database_url, on_finish="tests.hook_recorder:blocking")
+    async with app_client(settings) as client:
+        path = await create(client, 1)
+        response = await patch(client, path, 0, b"x")
+        assert response.status_code == 204  # answered while the hook is still blocked
+        await wait_for(lambda: hook_recorder.events)
+        assert not hook_recorder.release.is_set()
+        hook_recorder.release.set()
+
+
+async def test_failing_hooks_are_logged_not_fatal(
+    tmp_path: Path, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="tusserver.hooks")
+    failing_receiver = WebhookReceiver(status=500)
+    try:
+        settings = hooked(
+            tmp_path, database_url, on_finish="tests.hook_recorder:failing", webhook_url=failing_receiver.url
+        )
+        async with app_client(settings) as client:
+            path = await create(client, 1)
+            assert (await patch(client, path, 0, b"x")).status_code == 204
+            await wait_for(lambda: sum("hook_failed" in r.message for r in caplog.records) == 2, timeout=10)
+    finally:
+        failing_receiver.close()
+    upload_id = path.rsplit("/", 1)[1]
+    failures = [r.getMessage() for r in caplog.records if "hook_failed" in r.getMessage()]
+    assert all(upload_id in message for message in failures)
+    assert len(failing_receiver.bodies) == 3  # the webhook was retried before giving up
+
+
+def test_bad_hook_specs_fail_at_start_up(tmp_path: Path) -> None:
+    from tusserver import create_app
+
+    for spec in ["nocolon", "tests.hook_recorder:missing", "no.such.module:f", "tests.hook_recorder:events"]:
+        with pytest.raises(ValueError, match="hook"):
+            create_app(Settings(data_dir=tmp_path, on_finish=spec))
+    assert callable(load_callable("tests.hook_recorder:record"))
+
+
+async def test_unreachable_webhook_is_logged(
+    tmp_path: Path, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.servers import free_port
+
+    settings = hooked(tmp_path, database_url, webhook_url=f"http://127.0.0.1:{free_port()}/nobody")
+    async with app_client(settings) as client:
+        path = await create(client, 1)
+        assert (await patch(client, path, 0, b"x")).status_code == 204
+        await wait_for(lambda: any("hook_failed" in r.getMessage() for r in caplog.records), timeout=10)
+    assert any(
+        path.rsplit("/", 1)[1] in r.getMessage() for r in caplog.records if "hook_failed" in r.getMessage()
+    )

@@ -1,0 +1,38 @@
+"""The package's shape: its public surface and the one-way flow of imports."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import tusserver
+
+PACKAGE = Path(tusserver.__file__).parent
+
+
+def test_public_surface_is_sorted_and_importable() -> None:
+    assert tusserver.__all__ == sorted(tusserver.__all__)
+    for name in tusserver.__all__:
+        assert getattr(tusserver, name) is not None
+
+
+def _imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_only_app_and_handlers_know_starlette() -> None:
+    for path in PACKAGE.rglob("*.py"):
+        if path.name in {"app.py", "handlers.py"}:
+            continue
+        assert not any(name.startswith("starlette") for name in _imports(path)), path
+
+
+def test_every_module_says_what_it_owns() -> None:
+    for path in PACKAGE.rglob("*.py"):
+        assert ast.get_docstring(ast.parse(path.read_text())), path
