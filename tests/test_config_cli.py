@@ -97,7 +97,8 @@ def run_cli(*args: str, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess[st
 def test_help_reads_well() -> None:
     top = run_cli("--help")
     assert top.returncode == 0
-    assert "serve" in top.stdout and "migrate" in top.stdout
+    assert "serve" in top.stdout
+    assert "migrate" in top.stdout
     serve = run_cli("serve", "--help")
     assert serve.returncode == 0
     for flag in ["--host", "--port", "--base-path", "--data-dir", "--database-url", "--max-size",
