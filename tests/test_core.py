@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -159,7 +160,7 @@ async def test_chunked_body_beyond_length_stores_exactly_the_length_s1(
 ) -> None:
     path = await create(client, 5)
 
-    async def chunks():  # type: ignore[no-untyped-def]  # no Content-Length: chunked
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: the body goes chunked
         yield b"0123"
         yield b"456789"
 

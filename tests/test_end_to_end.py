@@ -1,0 +1,164 @@
+"""End to end: a real `tusserver serve` process on a loopback port, driven by tuspy.
+
+Covers the issue's scenarios: a 50 MiB upload in 5 MiB chunks, a connection cut mid-PATCH then
+resumed by a new client, the server killed mid-upload and restarted on the same data, and the
+finish hooks (callable and webhook) firing once in a real process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import httpx
+import pytest
+from tusclient import client as tus
+from tusclient.exceptions import TusCommunicationError, TusUploadFailed
+from tusclient.uploader.uploader import Uploader
+
+from tests.helpers import sha256_file
+from tests.netfaults import CuttingProxy
+from tests.servers import ServerProcess
+from tests.test_hooks import WebhookReceiver
+
+MiB = 1024 * 1024
+
+
+def random_file(path: Path, size: int) -> Path:
+    with path.open("wb") as file:
+        for _ in range(size // MiB):
+            file.write(os.urandom(MiB))
+        file.write(os.urandom(size % MiB))
+    return path
+
+
+def uploader(endpoint: str, stream: BinaryIO, **options: Any) -> Uploader:
+    """A tuspy uploader on an open stream (with a path, tuspy leaves its file handles open)."""
+    return tus.TusClient(endpoint).uploader(file_stream=stream, **options)
+
+
+def url_of(upload: Uploader) -> str:
+    assert upload.url is not None
+    return upload.url
+
+
+def stored_path(server: ServerProcess, upload_url: str) -> Path:
+    return server.data_dir / "uploads" / upload_url.rstrip("/").rsplit("/", 1)[1]
+
+
+def server_offset(server: ServerProcess, upload_url: str) -> int:
+    path = httpx.URL(upload_url).path
+    response = httpx.head(server.url.removesuffix("/files/") + path, headers={"Tus-Resumable": "1.0.0"})
+    assert response.status_code == 200
+    return int(response.headers["Upload-Offset"])
+
+
+def test_tuspy_uploads_50_mib_in_5_mib_chunks(server: ServerProcess, tmp_path: Path) -> None:
+    source = random_file(tmp_path / "video.bin", 50 * MiB)
+    with source.open("rb") as stream:
+        upload = uploader(server.url, stream, chunk_size=5 * MiB, metadata={"filename": "video.bin"})
+        upload.upload()
+    assert server_offset(server, url_of(upload)) == 50 * MiB
+    assert sha256_file(stored_path(server, url_of(upload))) == sha256_file(source)
+
+
+def test_upload_resumes_after_the_connection_is_cut_mid_patch(server: ServerProcess, tmp_path: Path) -> None:
+    source = random_file(tmp_path / "data.bin", 24 * MiB)
+    proxy = CuttingProxy(server.port, cut_after=8 * MiB)  # inside the second 5 MiB PATCH
+    try:
+        with source.open("rb") as stream:
+            upload = uploader(proxy.url, stream, chunk_size=5 * MiB)
+            with pytest.raises((TusCommunicationError, TusUploadFailed)):
+                upload.upload()
+        assert proxy.cut.is_set()
+    finally:
+        proxy.close()
+    url = url_of(upload)
+    # Bytes received before the cut were kept (C-P8): more than the first, acknowledged chunk.
+    deadline = time.monotonic() + 10
+    while (kept := server_offset(server, url)) <= 5 * MiB and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert 5 * MiB < kept < 8 * MiB
+    direct_url = server.url + url.rsplit("/", 1)[1]
+    with source.open("rb") as stream:
+        resumed = uploader(server.url, stream, url=direct_url, chunk_size=5 * MiB)
+        assert resumed.offset == kept
+        resumed.upload()
+    assert sha256_file(stored_path(server, url)) == sha256_file(source)
+
+
+def test_upload_survives_the_server_being_killed_and_restarted(server: ServerProcess, tmp_path: Path) -> None:
+    source = random_file(tmp_path / "backup.bin", 48 * MiB)
+    stream = source.open("rb")
+    upload = uploader(server.url, stream, chunk_size=16 * MiB)
+    upload.set_url(upload.create_url())
+    failure: list[BaseException] = []
+
+    def upload_in_background() -> None:
+        try:
+            upload.upload()
+        except Exception as exc:
+            failure.append(exc)
+        finally:
+            stream.close()
+
+    thread = threading.Thread(target=upload_in_background)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while server_offset(server, url_of(upload)) < 16 * MiB and time.monotonic() < deadline:
+        time.sleep(0.01)
+    server.kill()  # mid-upload: the second PATCH is streaming
+    thread.join(timeout=60)
+    assert failure, "the upload should have been interrupted by the kill"
+
+    server.start()
+    acknowledged = server_offset(server, url_of(upload))
+    assert 16 * MiB <= acknowledged < 48 * MiB
+    on_disk = stored_path(server, url_of(upload)).stat().st_size
+    assert acknowledged <= on_disk  # the database never claims bytes the disk does not hold
+    with source.open("rb") as again:
+        resumed = uploader(server.url, again, url=url_of(upload), chunk_size=16 * MiB)
+        assert resumed.offset == acknowledged
+        resumed.upload()
+    assert sha256_file(stored_path(server, url_of(upload))) == sha256_file(source)
+
+
+def test_finish_hooks_fire_once_in_a_real_server(tmp_path: Path, database_url: str) -> None:
+    receiver = WebhookReceiver()
+    hook_log = tmp_path / "hooks.jsonl"
+    process = ServerProcess(
+        data_dir=tmp_path / "data",
+        database_url=database_url,
+        extra_args=["--on-finish", "tests.hook_recorder:record", "--webhook-url", receiver.url],
+        env={"TUSSERVER_TEST_HOOK_LOG": str(hook_log)},
+    )
+    process.start()
+    try:
+        source = random_file(tmp_path / "photo.jpg", 3 * MiB)
+        with source.open("rb") as stream:
+            upload = uploader(
+                process.url, stream, chunk_size=1 * MiB, metadata={"filename": "photo.jpg", "owner": "ana"}
+            )
+            upload.upload()
+        assert receiver.arrived.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while not hook_log.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # a duplicate would have arrived by now
+    finally:
+        process.stop()
+        receiver.close()
+    upload_id = url_of(upload).rsplit("/", 1)[1]
+    lines = [json.loads(line) for line in hook_log.read_text().splitlines()]
+    assert len(lines) == 1
+    assert len(receiver.bodies) == 1
+    for event in (lines[0], receiver.bodies[0]):
+        facts: Any = event["upload"]
+        assert facts["id"] == upload_id
+        assert facts["length"] == 3 * MiB
+        assert facts["metadata"] == {"filename": "photo.jpg", "owner": "ana"}
+        assert sha256_file(Path(facts["storage"]["path"])) == sha256_file(source)
