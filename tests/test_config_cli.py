@@ -118,3 +118,43 @@ def test_migrate_command_creates_the_schema(tmp_path: Path) -> None:
     assert (tmp_path / "d" / "tusserver.db").exists()
     down = run_cli("migrate", "--data-dir", str(tmp_path / "d"), "--downgrade", "--revision", "base")
     assert down.returncode == 0, down.stderr
+
+
+def test_serve_with_no_options_uses_sqlite_and_data_on_port_1080(tmp_path: Path) -> None:
+    """The README's promise: `tusserver serve` alone works, with everything in ./data."""
+    import os
+    import signal
+    import socket
+
+    import httpx
+
+    from tests.servers import wait_for_port
+
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", 1080)) != 0, "port 1080 is taken; this test needs it free"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("TUSSERVER_")}
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tusserver", "serve"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(1080, process)
+        headers = {"Tus-Resumable": "1.0.0"}
+        created = httpx.post("http://127.0.0.1:1080/files/", headers={**headers, "Upload-Length": "2"})
+        assert created.status_code == 201
+        patched = httpx.patch(
+            created.headers["Location"],
+            content=b"ok",
+            headers={**headers, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"},
+        )
+        assert patched.status_code == 204
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=20)
+    upload_id = created.headers["Location"].rsplit("/", 1)[1]
+    assert (tmp_path / "data" / "uploads" / upload_id).read_bytes() == b"ok"
+    assert (tmp_path / "data" / "tusserver.db").exists()

@@ -248,3 +248,16 @@ async def test_method_override_is_honoured_c_h8(client: httpx.AsyncClient) -> No
     deleted = await client.post(path, headers={"X-HTTP-Method-Override": "DELETE"})
     assert deleted.status_code == 204
     assert (await client.head(path)).status_code == 404
+
+
+async def test_bytes_beyond_the_committed_offset_are_debris_and_get_overwritten(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    path = await create(client, 10)
+    assert (await patch(client, path, 0, b"01234")).status_code == 204
+    stored = settings.data_dir / "uploads" / path.rsplit("/", 1)[1]
+    with stored.open("ab") as file:  # what an aborted request or a crash can leave behind
+        file.write(b"GARBAGE-GARBAGE")
+    assert await offset_of(client, path) == 5
+    assert (await patch(client, path, 5, b"56789")).status_code == 204
+    assert stored.read_bytes() == b"0123456789"  # debris overwritten, file cut to Upload-Length
