@@ -24,6 +24,9 @@ async def test_options_advertises_version_and_extensions_c_o1_c_h4_c_h5(client: 
         "creation-with-upload",
         "creation-defer-length",
         "termination",
+        "checksum",
+        "expiration",
+        "concatenation",
     ]
     assert response.headers["Tus-Resumable"] == "1.0.0"
     assert "Tus-Max-Size" not in response.headers
@@ -202,7 +205,7 @@ async def test_wrong_method_is_405_with_allow_cr14(client: httpx.AsyncClient) ->
     path = await create(client, 1)
     on_upload = await client.post(path, headers={"Upload-Length": "1"})
     assert on_upload.status_code == 405
-    assert on_upload.headers["Allow"] == "OPTIONS, HEAD, PATCH, DELETE"
+    assert on_upload.headers["Allow"] == "OPTIONS, HEAD, GET, PATCH, DELETE"
     assert on_upload.headers["Tus-Resumable"] == "1.0.0"
 
 

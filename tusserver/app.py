@@ -7,6 +7,7 @@ tears it down; `TusMiddleware` applies the protocol-wide rules; `TusError` becom
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,15 +20,10 @@ from starlette.routing import Route
 
 from tusserver import handlers
 from tusserver.config import Settings
-from tusserver.core import Hook
-from tusserver.database import make_engine, migrate
+from tusserver.cors import CorsMiddleware
 from tusserver.errors import TusError
-from tusserver.hooks import CallableHook, HookRunner, WebhookHook, load_callable
-from tusserver.locking import UploadLocks, instance_name
 from tusserver.middleware import TusMiddleware
-from tusserver.storage import LocalStorage
-from tusserver.store import SqlUploadStore
-from tusserver.uploads import UploadService
+from tusserver.runtime import build_hooks, running
 
 log = logging.getLogger(__name__)
 # Routes take every common method so that the handlers answer 405 with the right `Allow` (CR-14).
@@ -48,38 +44,34 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        engine = make_engine(settings.resolved_database_url)
-        await migrate(engine)
-        store = SqlUploadStore(engine)
-        runner = HookRunner(hooks)
-        locks = UploadLocks(store, instance_name(), settings.lock_ttl, settings.lock_timeout)
-        storage = LocalStorage(settings.uploads_dir)
-        app.state.service = UploadService(store, storage, locks, runner, settings.max_size)
-        log.info("started base_path=%s data_dir=%s", base, settings.data_dir)
-        try:
-            yield
-        finally:
-            await runner.aclose(settings.hook_timeout)
-            await engine.dispose()
+        async with running(settings, hooks) as runtime:
+            app.state.service = runtime.service
+            sweeping = None
+            if settings.cleanup_interval > 0:
+                sweeping = asyncio.create_task(runtime.sweeper.run(settings.cleanup_interval))
+            log.info("started base_path=%s data_dir=%s", base, settings.data_dir)
+            try:
+                yield
+            finally:
+                if sweeping is not None:
+                    sweeping.cancel()
+                    await asyncio.gather(sweeping, return_exceptions=True)
 
+    middleware = [
+        Middleware(
+            CorsMiddleware, origins=settings.cors_origins, allow_credentials=settings.cors_allow_credentials
+        ),
+        Middleware(TusMiddleware),
+    ]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(TusMiddleware)],
+        middleware=middleware,
         exception_handlers={TusError: tus_error_response, Exception: internal_error_response},
         lifespan=lifespan,
     )
     app.router.redirect_slashes = False  # /files and /files/ are both routes (CR-13)
     app.state.settings = settings
     return app
-
-
-def build_hooks(settings: Settings) -> list[Hook]:
-    hooks: list[Hook] = []
-    if settings.on_finish:
-        hooks.append(CallableHook(load_callable(settings.on_finish)))
-    if settings.webhook_url:
-        hooks.append(WebhookHook(settings.webhook_url, settings.hook_timeout))
-    return hooks
 
 
 async def tus_error_response(request: Request, exc: Exception) -> Response:

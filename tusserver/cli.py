@@ -19,8 +19,10 @@ import uvicorn
 from tusserver.app import create_app
 from tusserver.config import ENV_PREFIX, Settings
 from tusserver.database import downgrade, make_engine, migrate
+from tusserver.runtime import running
 
-_SERVE_FLAGS: list[tuple[str, str, str]] = [
+# (flag, metavar, help); a metavar of None makes an on/off switch.
+_SERVE_FLAGS: list[tuple[str, str | None, str]] = [
     ("host", "ADDRESS", "interface to listen on (default 127.0.0.1; 0.0.0.0 for all)"),
     ("port", "PORT", "TCP port (default 1080)"),
     ("base-path", "PATH", "URL path of the tus endpoint (default /files/)"),
@@ -30,11 +32,33 @@ _SERVE_FLAGS: list[tuple[str, str, str]] = [
     ("on-finish", "MODULE:FUNC", "Python callable run once per finished upload (sync or async)"),
     ("webhook-url", "URL", "URL that receives a JSON POST once per finished upload"),
     ("log-level", "LEVEL", "debug, info, warning or error (default info)"),
+    ("expire-after", "DURATION", "lifetime of an unfinished upload after its last activity (default 24h)"),
+    ("retain-finished", "DURATION", "lifetime of a finished upload, e.g. 30d (default: forever)"),
+    ("cleanup-interval", "DURATION", "how often expired uploads are deleted (default 60s; 0 disables)"),
+    ("disable-download", None, "refuse GET downloads of finished uploads"),
+    ("cors-origins", "ORIGINS", "allowed browser origins, comma-separated; * any; none (default *)"),
+    ("cors-allow-credentials", None, "allow browsers to send credentials (needs explicit origins)"),
+    ("behind-proxy", None, "trust Forwarded / X-Forwarded-Host / X-Forwarded-Proto for upload URLs"),
+    ("max-metadata-size", "BYTES", "largest Upload-Metadata header accepted (default 16K)"),
+    ("lock-timeout", "SECONDS", "wait for another request on the same upload before 423 (default 10)"),
+    ("lock-ttl", "SECONDS", "how long an upload lock outlives a killed process (default 6)"),
+    ("hook-timeout", "SECONDS", "time limit of a webhook call and of hooks at shutdown (default 30)"),
 ]  # fmt: skip
+_STORAGE_FLAGS = {"data-dir", "database-url", "log-level"}
 
 
 def _flag_help(name: str, text: str) -> str:
     return f"{text}  [env {ENV_PREFIX}{name.upper().replace('-', '_')}]"
+
+
+def _add_flags(parser: argparse.ArgumentParser, names: set[str] | None = None) -> None:
+    for name, metavar, text in _SERVE_FLAGS:
+        if names is not None and name not in names:
+            continue
+        if metavar is None:
+            parser.add_argument(f"--{name}", action="store_const", const="true", help=_flag_help(name, text))
+        else:
+            parser.add_argument(f"--{name}", metavar=metavar, help=_flag_help(name, text))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,19 +71,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve", help="run the server", description="Run the tus server (migrates the database first)."
     )
-    for name, metavar, text in _SERVE_FLAGS:
-        serve.add_argument(f"--{name}", metavar=metavar, help=_flag_help(name, text))
+    _add_flags(serve)
     migrate_cmd = commands.add_parser(
         "migrate", help="bring the database schema up to date",
         description="Apply the database migrations (the server also does this at start-up).",
     )  # fmt: skip
-    for name, metavar, text in _SERVE_FLAGS:
-        if name in {"data-dir", "database-url", "log-level"}:
-            migrate_cmd.add_argument(f"--{name}", metavar=metavar, help=_flag_help(name, text))
+    _add_flags(migrate_cmd, _STORAGE_FLAGS)
     migrate_cmd.add_argument("--revision", default="head", help="target revision (default head)")
     migrate_cmd.add_argument(
         "--downgrade", action="store_true", help="downgrade to --revision instead of upgrading"
     )
+    cleanup = commands.add_parser(
+        "cleanup", help="delete expired uploads once (for cron)",
+        description="Delete every expired upload (rows and bytes) once, then exit.",
+    )  # fmt: skip
+    _add_flags(cleanup, _STORAGE_FLAGS | {"expire-after", "retain-finished"})
     return parser
 
 
@@ -87,7 +113,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(_migrate(settings, args.revision, args.downgrade))
         print(f"database at revision {args.revision}")
         return 0
+    if args.command == "cleanup":
+        deleted = asyncio.run(_cleanup(settings))
+        print(f"deleted {deleted} expired upload(s)")
+        return 0
     return serve(settings)
+
+
+async def _cleanup(settings: Settings) -> int:
+    async with running(settings) as runtime:
+        return await runtime.sweeper.sweep()
 
 
 async def _migrate(settings: Settings, revision: str, down: bool) -> None:

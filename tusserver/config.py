@@ -56,6 +56,22 @@ class Settings:
     """Seconds a lock stays valid without renewal; bounds how long a killed process blocks an upload."""
     hook_timeout: float = 30.0
     """Seconds a webhook delivery may take before it is abandoned and logged."""
+    expire_after: float | None = 24 * 3600.0
+    """Seconds an unfinished upload lives after its last activity; None: never expires."""
+    retain_finished: float | None = None
+    """Seconds a finished upload is kept after completion; None: until deleted."""
+    cleanup_interval: float = 60.0
+    """Seconds between two sweeps of expired uploads by the in-server sweeper; 0 disables it."""
+    disable_download: bool = False
+    """Refuse GET on uploads (405); by default a finished upload can be downloaded."""
+    cors_origins: str = "*"
+    """Comma-separated origins allowed to use the server from a browser; `*` for any, empty for none."""
+    cors_allow_credentials: bool = False
+    """Let browsers send cookies/credentials (requires explicit origins, never `*`)."""
+    behind_proxy: bool = False
+    """Trust Forwarded / X-Forwarded-Host / X-Forwarded-Proto when building upload URLs."""
+    max_metadata_size: int = 16 * 1024
+    """Largest `Upload-Metadata` header accepted, in bytes (413 beyond it)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "base_path", normalize_base_path(self.base_path))
@@ -91,8 +107,34 @@ class Settings:
         return replace(self, **parsed)
 
 
+_NONE = {"", "0", "none", "never", "unlimited", "off"}
+_DURATION = re.compile(r"(?P<number>[0-9]+(?:\.[0-9]+)?)\s*(?P<unit>[smhd]?)", re.IGNORECASE)
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """`90`, `90s`, `30m`, `24h`, `7d` -> seconds."""
+    match = _DURATION.fullmatch(text.strip())
+    if not match:
+        raise ValueError(f"not a duration: {text!r} (examples: 3600, 30m, 24h, 7d)")
+    return float(match["number"]) * _SECONDS[match["unit"].lower()]
+
+
+def parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"not a boolean: {text!r} (use true or false)")
+
+
 def _optional_size(text: str) -> int | None:
-    return None if text.strip().lower() in {"", "0", "none", "unlimited"} else parse_byte_size(text)
+    return None if text.strip().lower() in _NONE else parse_byte_size(text)
+
+
+def _optional_duration(text: str) -> float | None:
+    return None if text.strip().lower() in _NONE else parse_duration(text)
 
 
 _FIELD_PARSERS: dict[str, Callable[[str], object]] = {
@@ -108,5 +150,13 @@ _FIELD_PARSERS: dict[str, Callable[[str], object]] = {
     "lock_timeout": float,
     "lock_ttl": float,
     "hook_timeout": float,
+    "expire_after": _optional_duration,
+    "retain_finished": _optional_duration,
+    "cleanup_interval": parse_duration,
+    "disable_download": parse_bool,
+    "cors_origins": str,
+    "cors_allow_credentials": parse_bool,
+    "behind_proxy": parse_bool,
+    "max_metadata_size": parse_byte_size,
 }
 assert set(_FIELD_PARSERS) <= {f.name for f in fields(Settings)}

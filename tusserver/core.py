@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
@@ -102,6 +102,10 @@ class Storage(Protocol):
 
     async def write(self, upload: Upload, chunks: AsyncIterable[bytes]) -> int:
         """Write `chunks` starting at `upload.offset` until they end; returns the bytes written."""
+        ...
+
+    async def concatenate(self, upload: Upload, parts: Sequence[Upload]) -> None:
+        """Fill the new `upload` with the committed bytes of `parts`, in order, streaming."""
         ...
 
     async def finish(self, upload: Upload) -> None:

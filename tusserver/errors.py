@@ -86,6 +86,12 @@ class UploadLocked(TusError):
     status = 423
 
 
+class ChecksumMismatch(TusError):
+    """The body does not match `Upload-Checksum` (460, tus checksum extension); nothing was stored."""
+
+    status = 460
+
+
 class ServiceUnavailable(TusError):
     """A dependency (the database) cannot be reached; the client should retry later (503)."""
 

@@ -1,33 +1,41 @@
 """HTTP handlers: one function per tus method, each parse -> service -> respond.
 
-Header syntax is delegated to `protocol`, state rules to `UploadService`; a handler only moves values
-between the request, the service and the response. Errors propagate as `TusError` and `app.py` turns
-them into responses.
+Header syntax is delegated to `protocol` (and `downloads` for GET), state rules to `UploadService`;
+a handler only moves values between the request, the service and the response. Errors propagate as
+`TusError` and `app.py` turns them into responses.
 """
 
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from tusserver.bodies import RequestBody
 from tusserver.config import Settings
 from tusserver.core import Upload, is_upload_id
-from tusserver.errors import MethodNotAllowed, UploadNotFound
+from tusserver.downloads import content_disposition, media_type, parse_range
+from tusserver.errors import MethodNotAllowed, OffsetMismatch, TooLarge, UploadNotFound
 from tusserver.protocol import (
     CACHE_CONTROL,
+    CHECKSUM_ALGORITHMS,
     CONTENT_TYPE,
     EXTENSIONS,
     LOCATION,
+    TUS_CHECKSUM_ALGORITHM,
     TUS_EXTENSION,
     TUS_MAX_SIZE,
     TUS_VERSION,
     TUS_VERSION_HEADER,
+    UPLOAD_CHECKSUM,
     UPLOAD_CONCAT,
     UPLOAD_DEFER_LENGTH,
+    UPLOAD_EXPIRES,
     UPLOAD_LENGTH,
     UPLOAD_METADATA,
     UPLOAD_OFFSET,
+    decode_metadata,
+    format_http_date,
+    parse_concat,
     parse_creation_length,
     parse_metadata,
     parse_offset,
@@ -35,9 +43,10 @@ from tusserver.protocol import (
     require_offset_stream,
 )
 from tusserver.uploads import Body, NewUpload, UploadService
+from tusserver.urls import public_base
 
 COLLECTION_METHODS = "OPTIONS, POST"
-UPLOAD_METHODS = "OPTIONS, HEAD, PATCH, DELETE"
+UPLOAD_METHODS = "OPTIONS, HEAD, GET, PATCH, DELETE"
 
 
 def _service(request: Request) -> UploadService:
@@ -60,7 +69,7 @@ async def collection(request: Request) -> Response:
 
 
 async def resource(request: Request) -> Response:
-    """`<base>/<upload_id>`: status, append, terminate."""
+    """`<base>/<upload_id>`: status, download, append, terminate."""
     upload_id = request.path_params["upload_id"]
     if not is_upload_id(upload_id):
         raise UploadNotFound(upload_id)
@@ -71,13 +80,20 @@ async def resource(request: Request) -> Response:
     if request.method == "DELETE":
         await _service(request).terminate(upload_id)
         return Response(status_code=204)
+    if request.method == "GET" and not _settings(request).disable_download:
+        return await download(request, upload_id)
     if request.method == "OPTIONS":
         return options(request)
-    raise MethodNotAllowed(f"{request.method} not allowed here", {"Allow": UPLOAD_METHODS})
+    allowed = UPLOAD_METHODS.replace(" GET,", "") if _settings(request).disable_download else UPLOAD_METHODS
+    raise MethodNotAllowed(f"{request.method} not allowed here", {"Allow": allowed})
 
 
 def options(request: Request) -> Response:
-    headers = {TUS_VERSION_HEADER: TUS_VERSION, TUS_EXTENSION: ",".join(EXTENSIONS)}
+    headers = {
+        TUS_VERSION_HEADER: TUS_VERSION,
+        TUS_EXTENSION: ",".join(EXTENSIONS),
+        TUS_CHECKSUM_ALGORITHM: ",".join(CHECKSUM_ALGORITHMS),
+    }
     max_size = _settings(request).max_size
     if max_size is not None:
         headers[TUS_MAX_SIZE] = str(max_size)
@@ -86,16 +102,18 @@ def options(request: Request) -> Response:
 
 async def create(request: Request) -> Response:
     headers = request.headers
-    new = NewUpload(
-        length=parse_creation_length(headers.get(UPLOAD_LENGTH), headers.get(UPLOAD_DEFER_LENGTH)),
-        metadata=parse_metadata(headers.get(UPLOAD_METADATA)),
-    )
+    concat = parse_concat(headers.get(UPLOAD_CONCAT))
+    if concat and concat.is_final:  # its length comes from the partials; a given one is refused later
+        length = parse_size(headers.get(UPLOAD_LENGTH), UPLOAD_LENGTH)
+    else:
+        length = parse_creation_length(headers.get(UPLOAD_LENGTH), headers.get(UPLOAD_DEFER_LENGTH))
+    new = NewUpload(length=length, metadata=_metadata(request), concat=concat)
     body = _body(request) if _has_body(request) else None
     if body is not None:
         require_offset_stream(headers.get(CONTENT_TYPE))
     upload = await _service(request).create(new, body)
-    location = f"{str(request.base_url).rstrip('/')}{_settings(request).base_path}{upload.id}"
-    return Response(status_code=201, headers={LOCATION: location, UPLOAD_OFFSET: str(upload.offset)})
+    location = _public_base(request) + _settings(request).base_path + upload.id
+    return Response(status_code=201, headers={LOCATION: location, **_progress_headers(upload)})
 
 
 async def head(request: Request, upload_id: str) -> Response:
@@ -109,11 +127,58 @@ async def patch(request: Request, upload_id: str) -> Response:
     offset = parse_offset(headers.get(UPLOAD_OFFSET))
     declared = parse_size(headers.get(UPLOAD_LENGTH), UPLOAD_LENGTH)
     upload = await _service(request).append(upload_id, offset, _body(request), declared)
-    return Response(status_code=204, headers={UPLOAD_OFFSET: str(upload.offset)})
+    return Response(status_code=204, headers=_progress_headers(upload))
+
+
+async def download(request: Request, upload_id: str) -> Response:
+    """GET: stream a finished upload, with its declared type when safe and single ranges."""
+    upload = await _service(request).get(upload_id)
+    if not upload.is_complete:
+        raise OffsetMismatch("upload is not finished yet", {UPLOAD_OFFSET: str(upload.offset)})
+    metadata = {
+        key: value.decode("utf-8", "replace") for key, value in decode_metadata(upload.metadata).items()
+    }
+    media = media_type(metadata.get("filetype"))
+    total = upload.offset
+    span = parse_range(request.headers.get("range"), total)
+    start, end = (span.start, span.end) if span else (0, total)
+    headers = {
+        "Content-Length": str(end - start),
+        "Content-Disposition": content_disposition(metadata.get("filename"), media),
+        "Accept-Ranges": "bytes",
+        "ETag": f'"{upload.id}-{total}"',
+        "X-Content-Type-Options": "nosniff",
+        CACHE_CONTROL: "no-store",
+    }
+    if span:
+        headers["Content-Range"] = span.content_range(total)
+    stream = _service(request).storage.read(upload, start, end)
+    return StreamingResponse(stream, status_code=206 if span else 200, headers=headers, media_type=media)
+
+
+def _metadata(request: Request) -> str | None:
+    value = request.headers.get(UPLOAD_METADATA)
+    limit = _settings(request).max_metadata_size
+    if value is not None and len(value) > limit:
+        raise TooLarge(f"{UPLOAD_METADATA} is longer than {limit} bytes")
+    return parse_metadata(value)
+
+
+def _public_base(request: Request) -> str:
+    host = request.headers.get("host") or f"{request.url.hostname}:{request.url.port}"
+    root_path = request.scope.get("root_path", "")
+    return public_base(request.url.scheme, host, root_path, request.headers, _settings(request).behind_proxy)
+
+
+def _progress_headers(upload: Upload) -> dict[str, str]:
+    headers = {UPLOAD_OFFSET: str(upload.offset)}
+    if upload.expires_at is not None and upload.completed_at is None:
+        headers[UPLOAD_EXPIRES] = format_http_date(upload.expires_at)
+    return headers
 
 
 def _state_headers(upload: Upload) -> dict[str, str]:
-    headers = {UPLOAD_OFFSET: str(upload.offset), CACHE_CONTROL: "no-store"}
+    headers = {**_progress_headers(upload), CACHE_CONTROL: "no-store"}
     if upload.length is None:
         headers[UPLOAD_DEFER_LENGTH] = "1"
     else:
@@ -137,4 +202,4 @@ def _body(request: Request) -> Body:
     content_length = int(length) if length and length.strip().isdigit() else None
     if content_length is None and not _has_body(request):
         content_length = 0
-    return Body(RequestBody(request.receive), content_length)
+    return Body(RequestBody(request.receive), content_length, request.headers.get(UPLOAD_CHECKSUM))

@@ -25,7 +25,8 @@ _VERSION_PAIR = (_RESUMABLE, TUS_VERSION.encode())
 _EXEMPT = frozenset({"OPTIONS", "GET"})
 
 
-def _header(scope: Scope, name: bytes) -> bytes | None:
+def request_header(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of a request header (`name` in lowercase), or None."""
     for key, value in scope["headers"]:
         if key == name:
             return bytes(value)
@@ -40,7 +41,7 @@ class TusMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        override = _header(scope, _OVERRIDE)
+        override = request_header(scope, _OVERRIDE)
         if override:
             scope = dict(scope, method=override.decode("latin-1").strip().upper())
 
@@ -49,7 +50,7 @@ class TusMiddleware:
                 message["headers"] = [*message.get("headers", []), _VERSION_PAIR]
             await send(message)
 
-        if scope["method"] not in _EXEMPT and _header(scope, _RESUMABLE) != _VERSION_PAIR[1]:
+        if scope["method"] not in _EXEMPT and request_header(scope, _RESUMABLE) != _VERSION_PAIR[1]:
             await _refuse_version(scope["method"], send_with_version)
             return
         await self.app(scope, receive, send_with_version)

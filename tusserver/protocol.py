@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import re
+from dataclasses import dataclass
 from datetime import datetime
 from email.utils import format_datetime
+from urllib.parse import urlsplit
 
 from tusserver.errors import BadRequest, UnsupportedMediaType
 
@@ -27,6 +30,8 @@ UPLOAD_DEFER_LENGTH = "Upload-Defer-Length"
 UPLOAD_METADATA = "Upload-Metadata"
 UPLOAD_CONCAT = "Upload-Concat"
 UPLOAD_EXPIRES = "Upload-Expires"
+UPLOAD_CHECKSUM = "Upload-Checksum"
+TUS_CHECKSUM_ALGORITHM = "Tus-Checksum-Algorithm"
 METHOD_OVERRIDE = "X-HTTP-Method-Override"
 CONTENT_TYPE = "Content-Type"
 CONTENT_LENGTH = "Content-Length"
@@ -40,7 +45,13 @@ EXTENSIONS = (
     "creation-with-upload",
     "creation-defer-length",
     "termination",
+    "checksum",
+    "expiration",
+    "concatenation",
 )
+# Digest sizes in bytes; crc32 is left out on purpose: its encoding is not standardised (K-11).
+CHECKSUM_ALGORITHMS = {"md5": 16, "sha1": 20, "sha256": 32, "sha512": 64}
+_BASE64_ALPHABET = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 
 MAX_INT64 = 2**63 - 1
 _DIGITS = re.compile(r"[0-9]+")
@@ -140,3 +151,69 @@ def metadata_text(value: str | None) -> dict[str, str]:
 def format_http_date(moment: datetime) -> str:
     """IMF-fixdate, as `Upload-Expires` requires (E-4)."""
     return format_datetime(moment, usegmt=True)
+
+
+@dataclass(frozen=True)
+class Checksum:
+    """A parsed `Upload-Checksum`; `digest` is None when the value cannot match (wrong length, K-5)."""
+
+    algorithm: str
+    digest: bytes | None
+
+    def hasher(self) -> hashlib._Hash:
+        return hashlib.new(self.algorithm)
+
+
+def parse_checksum(value: str | None) -> Checksum | None:
+    """`Upload-Checksum: <algorithm> <base64 digest>` (K-3, K-4, K-9)."""
+    if value is None:
+        return None
+    algorithm, _, encoded = value.strip().partition(" ")
+    if algorithm not in CHECKSUM_ALGORITHMS:
+        supported = ",".join(CHECKSUM_ALGORITHMS)
+        raise BadRequest(
+            f"unsupported {UPLOAD_CHECKSUM} algorithm {algorithm[:20]!r}: use one of {supported}"
+        )
+    if not encoded or not _BASE64_ALPHABET.fullmatch(encoded):
+        raise BadRequest(f"invalid {UPLOAD_CHECKSUM}: the digest must be base64")
+    try:
+        digest: bytes | None = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        digest = None  # base64 letters but broken padding: a digest that cannot match -> 460
+    if digest is not None and len(digest) != CHECKSUM_ALGORITHMS[algorithm]:
+        digest = None
+    return Checksum(algorithm, digest)
+
+
+@dataclass(frozen=True)
+class Concat:
+    """A parsed `Upload-Concat`: a partial upload, or a final one made of `parts` (upload IDs)."""
+
+    header: str
+    parts: tuple[str, ...] = ()
+
+    @property
+    def is_final(self) -> bool:
+        return bool(self.parts)
+
+
+def parse_concat(value: str | None) -> Concat | None:
+    """`partial` or `final;<url> <url> ...` with absolute or relative URLs (X-2, X-3, X-12, X-13)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value == "partial":
+        return Concat(value)
+    kind, separator, urls = value.partition(";")
+    if kind != "final" or not separator or not urls.strip():
+        raise BadRequest(f"invalid {UPLOAD_CONCAT}: expected 'partial' or 'final;<url> <url> ...'")
+    return Concat(value, tuple(_upload_id_of(url) for url in urls.split()))
+
+
+def _upload_id_of(url: str) -> str:
+    """The last path segment of an upload URL; IDs are checked against the ID pattern later."""
+    path = urlsplit(url).path.rstrip("/")
+    upload_id = path.rsplit("/", 1)[-1]
+    if not upload_id:
+        raise BadRequest(f"invalid {UPLOAD_CONCAT}: {url[:80]!r} is not an upload URL")
+    return upload_id

@@ -142,6 +142,12 @@ class SqlUploadStore:
             row = (await connection.execute(statement)).first()
         return None if row is None else _to_upload(row)
 
+    async def expired_ids(self, now: datetime, limit: int) -> list[str]:
+        """IDs of uploads whose `expires_at` has passed, oldest first."""
+        query = sa.select(_t.id).where(_t.expires_at <= now).order_by(_t.expires_at).limit(limit)
+        async with self._open() as connection:
+            return list((await connection.scalars(query)).all())
+
     async def delete(self, upload_id: str, owner: str) -> bool:
         """Delete the row if `owner` holds its lease; False if it did not."""
         statement = sa.delete(upload_table).where(_t.id == upload_id, _t.lock_owner == owner)

@@ -1,0 +1,73 @@
+"""`CorsMiddleware`: lets browsers on allowed origins use the tus endpoint (pure ASGI).
+
+A preflight (OPTIONS with `Access-Control-Request-Method`) from an allowed origin is answered here,
+before the tus rules run, so it never meets a 412 (PROTOCOL.md C-O4). Every other response to an
+allowed origin carries `Access-Control-Allow-Origin` and exposes every header a tus client reads.
+Credentials are off unless configured, and never combined with `*`.
+"""
+
+from __future__ import annotations
+
+from tusserver.middleware import ASGIApp, Message, Receive, Scope, Send, request_header
+
+ALLOW_METHODS = "POST, HEAD, PATCH, OPTIONS, GET, DELETE"
+ALLOW_HEADERS = (
+    "Authorization, Origin, X-Requested-With, X-Request-ID, X-HTTP-Method-Override, Content-Type, "
+    "Upload-Length, Upload-Offset, Tus-Resumable, Upload-Metadata, Upload-Defer-Length, Upload-Concat, "
+    "Upload-Checksum, Range"
+)
+EXPOSE_HEADERS = (
+    "Location, Upload-Offset, Upload-Length, Upload-Metadata, Upload-Defer-Length, Upload-Concat, "
+    "Upload-Expires, Tus-Version, Tus-Resumable, Tus-Max-Size, Tus-Extension, Tus-Checksum-Algorithm, "
+    "Content-Range, Content-Disposition, Content-Length"
+)
+MAX_AGE = "86400"
+
+
+class CorsMiddleware:
+    def __init__(self, app: ASGIApp, origins: str, allow_credentials: bool = False) -> None:
+        self.app = app
+        listed = {origin.strip().rstrip("/") for origin in origins.split(",") if origin.strip()}
+        self.any_origin = "*" in listed
+        self.origins = set() if listed <= {"none"} else listed - {"*"}
+        self.allow_credentials = allow_credentials and not self.any_origin
+
+    def allows(self, origin: str) -> bool:
+        return self.any_origin or origin in self.origins
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        origin_bytes = request_header(scope, b"origin") if scope["type"] == "http" else None
+        origin = origin_bytes.decode("latin-1") if origin_bytes else None
+        if origin is None or not self.allows(origin):
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] == "OPTIONS" and request_header(scope, b"access-control-request-method"):
+            await self._preflight(origin, send)
+            return
+        extra = [(b"access-control-expose-headers", EXPOSE_HEADERS.encode()), *self._origin_headers(origin)]
+
+        async def send_with_cors(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *extra]
+            await send(message)
+
+        await self.app(scope, receive, send_with_cors)
+
+    def _origin_headers(self, origin: str) -> list[tuple[bytes, bytes]]:
+        if self.any_origin:
+            return [(b"access-control-allow-origin", b"*")]
+        headers = [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin")]
+        if self.allow_credentials:
+            headers.append((b"access-control-allow-credentials", b"true"))
+        return headers
+
+    async def _preflight(self, origin: str, send: Send) -> None:
+        headers = [
+            (b"access-control-allow-methods", ALLOW_METHODS.encode()),
+            (b"access-control-allow-headers", ALLOW_HEADERS.encode()),
+            (b"access-control-max-age", MAX_AGE.encode()),
+            (b"content-length", b"0"),
+            *self._origin_headers(origin),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
