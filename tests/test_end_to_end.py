@@ -7,6 +7,7 @@ finish hooks (callable and webhook) firing once in a real process.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -162,3 +163,32 @@ def test_finish_hooks_fire_once_in_a_real_server(tmp_path: Path, database_url: s
         assert facts["length"] == 3 * MiB
         assert facts["metadata"] == {"filename": "photo.jpg", "owner": "ana"}
         assert sha256_file(Path(facts["storage"]["path"])) == sha256_file(source)
+
+
+def test_tuspy_with_checksums_uploads_end_to_end(server: ServerProcess, tmp_path: Path) -> None:
+    """tuspy sends `Upload-Checksum: sha1 ...` on every PATCH; the server verifies each (K-7)."""
+    source = random_file(tmp_path / "sum.bin", 12 * MiB)
+    with source.open("rb") as stream:
+        upload = uploader(server.url, stream, chunk_size=4 * MiB, upload_checksum=True)
+        upload.upload()
+    assert sha256_file(stored_path(server, url_of(upload))) == sha256_file(source)
+    response = httpx.get(url_of(upload))  # and the download returns the same bytes
+    assert response.status_code == 200
+    assert hashlib.sha256(response.content).hexdigest() == sha256_file(source)
+
+
+def test_checksum_mismatch_reaches_the_client_as_460(server: ServerProcess) -> None:
+    """uvicorn passes the tus-specific status through unchanged."""
+    headers = {"Tus-Resumable": "1.0.0"}
+    created = httpx.post(server.url, headers={**headers, "Upload-Length": "3"})
+    response = httpx.patch(
+        created.headers["Location"],
+        content=b"abc",
+        headers={
+            **headers,
+            "Upload-Offset": "0",
+            "Content-Type": "application/offset+octet-stream",
+            "Upload-Checksum": "sha1 Kq5sNclPz7QV2+lfQIuc6R7oRu0=",
+        },
+    )
+    assert response.status_code == 460
