@@ -62,7 +62,9 @@ async def test_content_type_only_from_the_allow_list(
     ("filename", "expected"),
     [
         ("report.pdf", 'attachment; filename="report.pdf"'),
-        ('evil"\r\nSet-Cookie: a=b.txt', "attachment; filename=\"evil___Set-Cookie: a=b.txt\"; filename*=UTF-8''evil%22%0D%0ASet-Cookie%3A%20a%3Db.txt"),
+        ('evil"\r\nSet-Cookie: a=b.txt',
+         "attachment; filename=\"evil___Set-Cookie: a=b.txt\"; "
+         "filename*=UTF-8''evil%22%0D%0ASet-Cookie%3A%20a%3Db.txt"),
         ("résumé.txt", "attachment; filename=\"r_sum_.txt\"; filename*=UTF-8''r%C3%A9sum%C3%A9.txt"),
         ("../../etc/passwd", "attachment; filename=\".._.._etc_passwd\""),
     ],
