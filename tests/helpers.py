@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import httpx
@@ -10,6 +11,7 @@ import httpx
 from tusserver.protocol import OFFSET_OCTET_STREAM
 
 BASE = "/files/"
+MiB = 1024 * 1024
 
 
 async def create(client: httpx.AsyncClient, length: int | None = 12, **headers: str) -> str:
@@ -45,3 +47,17 @@ def sha256_file(path: Path) -> str:
         while block := file.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
+
+
+def random_file(path: Path, size: int) -> Path:
+    """`size` random bytes in a new file, written a MiB at a time."""
+    with path.open("wb") as file:
+        for _ in range(size // MiB):
+            file.write(os.urandom(MiB))
+        file.write(os.urandom(size % MiB))
+    return path
+
+
+def stored_file(data_dir: Path, upload_url: str) -> Path:
+    """Where the local storage keeps an upload's bytes, from its URL or path."""
+    return data_dir / "uploads" / upload_url.rstrip("/").rsplit("/", 1)[1]

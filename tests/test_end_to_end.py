@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import threading
 import time
 from pathlib import Path
@@ -21,20 +20,10 @@ from tusclient import client as tus
 from tusclient.exceptions import TusCommunicationError, TusUploadFailed
 from tusclient.uploader.uploader import Uploader
 
-from tests.helpers import sha256_file
+from tests.helpers import MiB, random_file, sha256_file, stored_file
 from tests.netfaults import CuttingProxy
 from tests.servers import ServerProcess
 from tests.test_hooks import WebhookReceiver
-
-MiB = 1024 * 1024
-
-
-def random_file(path: Path, size: int) -> Path:
-    with path.open("wb") as file:
-        for _ in range(size // MiB):
-            file.write(os.urandom(MiB))
-        file.write(os.urandom(size % MiB))
-    return path
 
 
 def uploader(endpoint: str, stream: BinaryIO, **options: Any) -> Uploader:
@@ -45,10 +34,6 @@ def uploader(endpoint: str, stream: BinaryIO, **options: Any) -> Uploader:
 def url_of(upload: Uploader) -> str:
     assert upload.url is not None
     return upload.url
-
-
-def stored_path(server: ServerProcess, upload_url: str) -> Path:
-    return server.data_dir / "uploads" / upload_url.rstrip("/").rsplit("/", 1)[1]
 
 
 def server_offset(server: ServerProcess, upload_url: str) -> int:
@@ -64,7 +49,7 @@ def test_tuspy_uploads_50_mib_in_5_mib_chunks(server: ServerProcess, tmp_path: P
         upload = uploader(server.url, stream, chunk_size=5 * MiB, metadata={"filename": "video.bin"})
         upload.upload()
     assert server_offset(server, url_of(upload)) == 50 * MiB
-    assert sha256_file(stored_path(server, url_of(upload))) == sha256_file(source)
+    assert sha256_file(stored_file(server.data_dir, url_of(upload))) == sha256_file(source)
 
 
 def test_upload_resumes_after_the_connection_is_cut_mid_patch(server: ServerProcess, tmp_path: Path) -> None:
@@ -89,7 +74,7 @@ def test_upload_resumes_after_the_connection_is_cut_mid_patch(server: ServerProc
         resumed = uploader(server.url, stream, url=direct_url, chunk_size=5 * MiB)
         assert resumed.offset == kept
         resumed.upload()
-    assert sha256_file(stored_path(server, url)) == sha256_file(source)
+    assert sha256_file(stored_file(server.data_dir, url)) == sha256_file(source)
 
 
 def test_upload_survives_the_server_being_killed_and_restarted(server: ServerProcess, tmp_path: Path) -> None:
@@ -119,13 +104,13 @@ def test_upload_survives_the_server_being_killed_and_restarted(server: ServerPro
     server.start()
     acknowledged = server_offset(server, url_of(upload))
     assert 16 * MiB <= acknowledged < 48 * MiB
-    on_disk = stored_path(server, url_of(upload)).stat().st_size
+    on_disk = stored_file(server.data_dir, url_of(upload)).stat().st_size
     assert acknowledged <= on_disk  # the database never claims bytes the disk does not hold
     with source.open("rb") as again:
         resumed = uploader(server.url, again, url=url_of(upload), chunk_size=16 * MiB)
         assert resumed.offset == acknowledged
         resumed.upload()
-    assert sha256_file(stored_path(server, url_of(upload))) == sha256_file(source)
+    assert sha256_file(stored_file(server.data_dir, url_of(upload))) == sha256_file(source)
 
 
 def test_finish_hooks_fire_once_in_a_real_server(tmp_path: Path, database_url: str) -> None:
@@ -171,7 +156,7 @@ def test_tuspy_with_checksums_uploads_end_to_end(server: ServerProcess, tmp_path
     with source.open("rb") as stream:
         upload = uploader(server.url, stream, chunk_size=4 * MiB, upload_checksum=True)
         upload.upload()
-    assert sha256_file(stored_path(server, url_of(upload))) == sha256_file(source)
+    assert sha256_file(stored_file(server.data_dir, url_of(upload))) == sha256_file(source)
     response = httpx.get(url_of(upload))  # and the download returns the same bytes
     assert response.status_code == 200
     assert hashlib.sha256(response.content).hexdigest() == sha256_file(source)

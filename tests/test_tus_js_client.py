@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -20,10 +19,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import sha256_file
+from tests.helpers import MiB, random_file, sha256_file, stored_file
 from tests.servers import ServerProcess
 
-MiB = 1024 * 1024
 JS_DIR = Path(__file__).resolve().parent / "js"
 TUS_HEADERS = {"Tus-Resumable": "1.0.0"}
 
@@ -47,14 +45,6 @@ def node() -> str:
                 f"{shown} failed with status {completed.returncode}:\n{completed.stdout}\n{completed.stderr}"
             )
     return node
-
-
-def random_file(path: Path, size: int) -> Path:
-    with path.open("wb") as file:
-        for _ in range(size // MiB):
-            file.write(os.urandom(MiB))
-        file.write(os.urandom(size % MiB))
-    return path
 
 
 def upload_with_tus_js_client(node: str, endpoint: str, source: Path, chunk_size: int, parallel: int) -> str:
@@ -82,10 +72,6 @@ def sha256_of_download(url: str) -> str:
     return digest.hexdigest()
 
 
-def stored_path(server: ServerProcess, upload_url: str) -> Path:
-    return server.data_dir / "uploads" / upload_url.rstrip("/").rsplit("/", 1)[1]
-
-
 def test_tus_js_client_uploads_30_mib_in_5_mib_chunks_and_get_returns_the_same_bytes(
     server: ServerProcess, node: str, tmp_path: Path
 ) -> None:
@@ -94,7 +80,7 @@ def test_tus_js_client_uploads_30_mib_in_5_mib_chunks_and_get_returns_the_same_b
     assert url.startswith(server.url)
     response = head(url)
     assert response.headers["Upload-Offset"] == response.headers["Upload-Length"] == str(30 * MiB)
-    assert sha256_file(stored_path(server, url)) == sha256_file(source)
+    assert sha256_file(stored_file(server.data_dir, url)) == sha256_file(source)
     assert sha256_of_download(url) == sha256_file(source)
 
 
