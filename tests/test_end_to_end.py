@@ -177,3 +177,23 @@ def test_checksum_mismatch_reaches_the_client_as_460(server: ServerProcess) -> N
         },
     )
     assert response.status_code == 460
+
+
+def test_root_path_and_forwarded_headers_shape_upload_urls(tmp_path: Path, database_url: str) -> None:
+    """A TLS proxy serving https://example.com/uploads/files/ and stripping /uploads (issue 3, point 7)."""
+    process = ServerProcess(
+        data_dir=tmp_path / "data",
+        database_url=database_url,
+        extra_args=["--root-path", "/uploads", "--behind-proxy"],
+    )
+    process.start()
+    try:
+        headers = {"Tus-Resumable": "1.0.0", "X-Forwarded-Host": "example.com", "X-Forwarded-Proto": "https"}
+        created = httpx.post(process.url, headers={**headers, "Upload-Length": "1"})
+        assert created.status_code == 201
+        location = created.headers["Location"]
+        assert location.startswith("https://example.com/uploads/files/")
+        upload_id = location.rsplit("/", 1)[1]
+        assert httpx.head(process.url + upload_id, headers=headers).status_code == 200
+    finally:
+        process.stop()

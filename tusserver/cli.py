@@ -39,6 +39,7 @@ _SERVE_FLAGS: list[tuple[str, str | None, str]] = [
     ("cors-origins", "ORIGINS", "allowed browser origins, comma-separated; * any; none (default *)"),
     ("cors-allow-credentials", None, "allow browsers to send credentials (needs explicit origins)"),
     ("behind-proxy", None, "trust Forwarded / X-Forwarded-Host / X-Forwarded-Proto for upload URLs"),
+    ("root-path", "PREFIX", "URL prefix a proxy strips before forwarding, e.g. /uploads (default none)"),
     ("max-metadata-size", "BYTES", "largest Upload-Metadata header accepted (default 16K)"),
     ("lock-timeout", "SECONDS", "wait for another request on the same upload before 423 (default 10)"),
     ("lock-ttl", "SECONDS", "how long an upload lock outlives a killed process (default 6)"),
@@ -146,6 +147,7 @@ def serve(settings: Settings) -> int:
         port=settings.port,
         log_level=settings.log_level.lower(),
         server_header=False,
+        root_path=settings.root_path.rstrip("/"),
         timeout_graceful_shutdown=10,
     )
     return 0

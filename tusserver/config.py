@@ -70,6 +70,8 @@ class Settings:
     """Let browsers send cookies/credentials (requires explicit origins, never `*`)."""
     behind_proxy: bool = False
     """Trust Forwarded / X-Forwarded-Host / X-Forwarded-Proto when building upload URLs."""
+    root_path: str = ""
+    """URL prefix a proxy strips before forwarding (e.g. `/uploads`); it is put back into upload URLs."""
     max_metadata_size: int = 16 * 1024
     """Largest `Upload-Metadata` header accepted, in bytes (413 beyond it)."""
 
@@ -158,5 +160,6 @@ _FIELD_PARSERS: dict[str, Callable[[str], object]] = {
     "cors_allow_credentials": parse_bool,
     "behind_proxy": parse_bool,
     "max_metadata_size": parse_byte_size,
+    "root_path": str,
 }
 assert set(_FIELD_PARSERS) <= {f.name for f in fields(Settings)}
