@@ -7,8 +7,10 @@ finish hooks (callable and webhook) firing once in a real process.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import socket
 import threading
 import time
 from pathlib import Path
@@ -197,3 +199,53 @@ def test_root_path_and_forwarded_headers_shape_upload_urls(tmp_path: Path, datab
         assert httpx.head(process.url + upload_id, headers=headers).status_code == 200
     finally:
         process.stop()
+
+
+def send_partial_patch(
+    server: ServerProcess, upload_url: str, declared: int, sent: bytes, *headers: str
+) -> None:
+    """A PATCH that announces `declared` bytes, sends `sent`, then drops the connection."""
+    path = httpx.URL(upload_url).path
+    head = "\r\n".join(
+        [
+            f"PATCH {path} HTTP/1.1",
+            f"Host: 127.0.0.1:{server.port}",
+            "Tus-Resumable: 1.0.0",
+            "Upload-Offset: 0",
+            "Content-Type: application/offset+octet-stream",
+            f"Content-Length: {declared}",
+            *headers,
+        ]
+    )
+    with socket.create_connection(("127.0.0.1", server.port)) as connection:
+        connection.sendall(head.encode() + b"\r\n\r\n" + sent)
+        time.sleep(0.3)  # let the server take the bytes in before the connection goes
+
+
+def wait_for_unlocked_offset(server: ServerProcess, upload_url: str) -> int:
+    """The offset once the interrupted request has committed what it keeps (PATCH at a wrong offset
+    waits for the lock, so its 409 reports the offset after that request ended)."""
+    response = httpx.patch(
+        upload_url,
+        content=b"",
+        headers={
+            "Tus-Resumable": "1.0.0",
+            "Upload-Offset": str(2**40),
+            "Content-Type": "application/offset+octet-stream",
+        },
+    )
+    assert response.status_code == 409
+    return int(response.headers["Upload-Offset"])
+
+
+def test_disconnect_keeps_received_bytes_c_p8(server: ServerProcess) -> None:
+    created = httpx.post(server.url, headers={"Tus-Resumable": "1.0.0", "Upload-Length": "100"})
+    send_partial_patch(server, created.headers["Location"], 100, b"x" * 50)
+    assert wait_for_unlocked_offset(server, created.headers["Location"]) == 50
+
+
+def test_disconnect_with_checksum_keeps_nothing_k6(server: ServerProcess) -> None:
+    created = httpx.post(server.url, headers={"Tus-Resumable": "1.0.0", "Upload-Length": "100"})
+    checksum = "Upload-Checksum: sha1 " + base64.b64encode(hashlib.sha1(b"x" * 100).digest()).decode()
+    send_partial_patch(server, created.headers["Location"], 100, b"x" * 50, checksum)
+    assert wait_for_unlocked_offset(server, created.headers["Location"]) == 0
