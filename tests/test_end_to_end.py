@@ -97,7 +97,9 @@ def test_upload_survives_the_server_being_killed_and_restarted(server: ServerPro
     thread = threading.Thread(target=upload_in_background)
     thread.start()
     deadline = time.monotonic() + 60
-    while server_offset(server, url_of(upload)) < 16 * MiB and time.monotonic() < deadline:
+    on_disk = stored_file(server.data_dir, url_of(upload))
+    # Watch the file, not HEAD: a HEAD would ask the streaming PATCH to stop (takeover).
+    while on_disk.stat().st_size < 20 * MiB and time.monotonic() < deadline:
         time.sleep(0.01)
     server.kill()  # mid-upload: the second PATCH is streaming
     thread.join(timeout=60)
@@ -106,8 +108,7 @@ def test_upload_survives_the_server_being_killed_and_restarted(server: ServerPro
     server.start()
     acknowledged = server_offset(server, url_of(upload))
     assert 16 * MiB <= acknowledged < 48 * MiB
-    on_disk = stored_file(server.data_dir, url_of(upload)).stat().st_size
-    assert acknowledged <= on_disk  # the database never claims bytes the disk does not hold
+    assert acknowledged <= on_disk.stat().st_size  # the database never claims bytes the disk does not hold
     with source.open("rb") as again:
         resumed = uploader(server.url, again, url=url_of(upload), chunk_size=16 * MiB)
         assert resumed.offset == acknowledged

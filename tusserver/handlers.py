@@ -117,7 +117,7 @@ async def create(request: Request) -> Response:
 
 
 async def head(request: Request, upload_id: str) -> Response:
-    upload = await _service(request).get(upload_id)
+    upload = await _service(request).status(upload_id)
     return Response(status_code=200, headers=_state_headers(upload))
 
 

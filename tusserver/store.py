@@ -73,15 +73,23 @@ class SqlUploadStore:
             await connection.execute(sa.insert(upload_table).values(**row))
 
     async def get(self, upload_id: str) -> Upload:
-        query = sa.select(*_UPLOAD_COLUMNS).where(_t.id == upload_id)
+        return (await self.get_with_lock(upload_id))[0]
+
+    async def get_with_lock(self, upload_id: str, now: datetime | None = None) -> tuple[Upload, bool]:
+        """The upload, and whether a live lease is held on it (at `now`, default: never)."""
+        query = sa.select(*_UPLOAD_COLUMNS, _t.lock_owner, _t.lock_expires_at).where(_t.id == upload_id)
         async with self._open() as connection:  # a read: WAL lets it run beside the writer
             row = (await connection.execute(query)).first()
         if row is None:
             raise UploadNotFound(upload_id)
-        return _to_upload(row)
+        held = now is not None and row.lock_owner is not None and row.lock_expires_at > now
+        return _to_upload(row), held
 
-    async def acquire(self, upload_id: str, owner: str, now: datetime, expires_at: datetime) -> Upload | None:
-        """Take the lease if it is free or expired: the upload, or None while someone else holds it."""
+    async def acquire(
+        self, upload_id: str, owner: str, now: datetime, expires_at: datetime, ask_holder: bool = False
+    ) -> Upload | None:
+        """Take the lease if it is free or expired: the upload, or None while someone else holds it.
+        With `ask_holder`, a refused request also asks the holder to let go (takeover)."""
         free = sa.or_(_t.lock_owner.is_(None), _t.lock_expires_at < now)
         statement = (
             sa.update(upload_table)
@@ -91,25 +99,41 @@ class SqlUploadStore:
         )
         async with self._transaction() as connection:
             row = (await connection.execute(statement)).first()
-            if row is None:
+            if row is None and not await self._ask_release(connection, upload_id, ask_holder):
                 await self._require_exists(connection, upload_id)
         return None if row is None else _to_upload(row)
+
+    async def _ask_release(self, connection: AsyncConnection, upload_id: str, ask: bool) -> bool:
+        if not ask:
+            return False
+        statement = (
+            sa.update(upload_table)
+            .where(_t.id == upload_id, _t.lock_owner.is_not(None))
+            .values(release_requested=True)
+        )
+        return bool((await connection.execute(statement)).rowcount)
+
+    async def request_release(self, upload_id: str) -> None:
+        """Ask whoever holds the upload's lease to stop and let go."""
+        async with self._transaction() as connection:
+            await self._ask_release(connection, upload_id, True)
 
     async def _require_exists(self, connection: AsyncConnection, upload_id: str) -> None:
         found = await connection.scalar(sa.select(_t.id).where(_t.id == upload_id))
         if found is None:
             raise UploadNotFound(upload_id)
 
-    async def renew(self, upload_id: str, owner: str, expires_at: datetime) -> bool:
-        """Extend a lease this owner still holds; False if it was lost."""
+    async def renew(self, upload_id: str, owner: str, expires_at: datetime) -> tuple[bool, bool]:
+        """Extend a lease this owner still holds: (still held, release requested by another request)."""
         statement = (
             sa.update(upload_table)
             .where(_t.id == upload_id, _t.lock_owner == owner)
             .values(lock_expires_at=expires_at)
+            .returning(_t.release_requested)
         )
         async with self._transaction() as connection:
-            result = await connection.execute(statement)
-        return bool(result.rowcount)
+            requested = (await connection.execute(statement)).scalar_one_or_none()
+        return requested is not None, bool(requested)
 
     async def release(self, upload_id: str, owner: str) -> None:
         statement = (

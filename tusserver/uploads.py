@@ -9,6 +9,7 @@ is the single source of truth and anything stored beyond it is debris that the n
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
@@ -23,7 +24,9 @@ from tusserver.errors import (
     ChecksumMismatch,
     Forbidden,
     OffsetMismatch,
+    ServiceUnavailable,
     TooLarge,
+    TusError,
     UploadGone,
     UploadLocked,
     UploadNotFound,
@@ -91,6 +94,11 @@ class UploadService:
     async def get(self, upload_id: str) -> Upload:
         """The upload as committed; 404 if unknown, 410 if expired (E-7, even before cleanup ran)."""
         return _alive(await self.store.get(upload_id))
+
+    async def status(self, upload_id: str) -> Upload:
+        """HEAD: like `get`, but a request still writing is asked to finish first, so the offset
+        includes what it received (a client resuming after a dropped connection, L-2, I-16)."""
+        return _alive(await self.locks.wait_until_free(upload_id))
 
     async def create(self, request: NewUpload, body: Body | None) -> Upload:
         """Create an upload; with a body, append it at offset 0 (creation-with-upload)."""
@@ -243,6 +251,8 @@ class UploadService:
         committed = await self._commit(lease, upload, written)
         if limited.exceeded:
             raise TooLarge(f"body exceeds the {room} bytes left; {written} bytes were stored")
+        if lease.stop.is_set() and not body.stream.disconnected:
+            raise _interrupted(lease, committed)
         return committed
 
     async def _commit(self, lease: Lease, upload: Upload, written: int) -> Upload:
@@ -290,11 +300,35 @@ def _verify(checksum: Checksum, hasher: hashlib._Hash, disconnected: bool, excee
         raise ChecksumMismatch(f"{checksum.algorithm} checksum mismatch; nothing was stored")
 
 
+def _interrupted(lease: Lease, upload: Upload) -> TusError:
+    offset = {UPLOAD_OFFSET: str(upload.offset)}
+    if lease.shutting_down:
+        message = f"server shutting down; {upload.offset} bytes are stored, resume elsewhere"
+        return ServiceUnavailable(message, {**offset, "Retry-After": "1"})
+    return OffsetMismatch(f"another request took over this upload; resume at {upload.offset}", offset)
+
+
 async def _guarded(chunks: AsyncIterable[bytes], lease: Lease) -> AsyncIterator[bytes]:
-    """Stop the stream as soon as the lease is lost, before another byte reaches storage."""
-    async for chunk in chunks:
-        lease.check()
-        yield chunk
+    """The body until it ends or the lease is asked to let go (takeover, shutdown), even while no
+    byte arrives; stops before another byte reaches storage if the lease was lost."""
+    iterator = aiter(chunks)
+    stopping = asyncio.ensure_future(lease.stop.wait())
+    try:
+        while True:
+            step = asyncio.ensure_future(anext(iterator))
+            await asyncio.wait((step, stopping), return_when=asyncio.FIRST_COMPLETED)
+            if not step.done():
+                step.cancel()
+                await asyncio.gather(step, return_exceptions=True)
+                return
+            try:
+                chunk = step.result()
+            except StopAsyncIteration:
+                return
+            lease.check()
+            yield chunk
+    finally:
+        stopping.cancel()
 
 
 async def _hashed(chunks: AsyncIterator[bytes], hasher: hashlib._Hash) -> AsyncIterator[bytes]:
