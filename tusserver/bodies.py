@@ -8,6 +8,7 @@ writes. No HTTP framework, no storage.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -18,23 +19,49 @@ WRITE_SIZE = 1024 * 1024
 
 
 class RequestBody:
-    """The request body; iteration ends on the last chunk or on client disconnect, never raises."""
+    """The request body; iteration ends on the last chunk, on client disconnect, or after
+    `interrupt()`, and never raises.
+
+    A small pump task moves ASGI messages into a two-slot queue, so `interrupt()` can end an
+    iteration that waits for a client that went silent, without a task per chunk; the queue's size
+    keeps uvicorn's flow control (it stops reading the socket while nobody receives).
+    """
 
     def __init__(self, receive: Receive) -> None:
         self._receive = receive
+        self._queue: asyncio.Queue[MutableMapping[str, Any] | None] = asyncio.Queue(maxsize=2)
         self.disconnected = False
+        self.interrupted = False
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    def interrupt(self) -> None:
+        self.interrupted = True
+        if not self._queue.full():
+            self._queue.put_nowait(None)
+
+    async def _pump(self) -> None:
         while True:
             message = await self._receive()
-            if message["type"] == "http.disconnect":
-                self.disconnected = True
+            await self._queue.put(message)
+            if message["type"] == "http.disconnect" or not message.get("more_body", False):
                 return
-            chunk: bytes = message.get("body", b"")
-            if chunk:
-                yield chunk
-            if not message.get("more_body", False):
-                return
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        pump = asyncio.ensure_future(self._pump())
+        try:
+            while not self.interrupted:
+                message = await self._queue.get()
+                if message is None:
+                    return
+                if message["type"] == "http.disconnect":
+                    self.disconnected = True
+                    return
+                chunk: bytes = message.get("body", b"")
+                if chunk:
+                    yield chunk
+                if not message.get("more_body", False):
+                    return
+        finally:
+            pump.cancel()
 
 
 class LimitedBody:

@@ -24,7 +24,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -50,13 +50,17 @@ class Lease:
     owner: str
     lost: bool = False
     released: bool = False
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
-    """Set when another request (or shutdown) asks this one to finish early and let go."""
+    stopping: bool = False
+    """True once another request (or shutdown) asked this one to finish early and let go."""
     shutting_down: bool = False
+    on_stop: list[Callable[[], None]] = field(default_factory=list)
 
     def request_stop(self, shutdown: bool = False) -> None:
         self.shutting_down = self.shutting_down or shutdown
-        self.stop.set()
+        if not self.stopping:
+            self.stopping = True
+            for callback in self.on_stop:
+                callback()
 
     def check(self) -> None:
         """Raise `LockLost` if the lease can no longer be trusted (called between chunks)."""

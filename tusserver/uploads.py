@@ -9,7 +9,6 @@ is the single source of truth and anything stored beyond it is debris that the n
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
@@ -64,11 +63,14 @@ class NewUpload:
 
 
 class BodyStream(Protocol):
-    """Request bytes; `disconnected` tells, once iteration ended, whether the client went away."""
+    """Request bytes; `disconnected` tells, once iteration ended, whether the client went away;
+    `interrupt()` ends the iteration early, even while it waits for bytes."""
 
     disconnected: bool
 
     def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    def interrupt(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -240,6 +242,9 @@ class UploadService:
         checksum = parse_checksum(body.checksum)
         if checksum is not None and checksum.digest is None:
             raise ChecksumMismatch(f"{checksum.algorithm} digest has the wrong length")
+        lease.on_stop.append(body.stream.interrupt)
+        if lease.stopping:
+            body.stream.interrupt()
         stream = _guarded(body.stream, lease)
         hasher = checksum.hasher() if checksum else None
         if hasher is not None:
@@ -251,7 +256,7 @@ class UploadService:
         committed = await self._commit(lease, upload, written)
         if limited.exceeded:
             raise TooLarge(f"body exceeds the {room} bytes left; {written} bytes were stored")
-        if lease.stop.is_set() and not body.stream.disconnected:
+        if lease.stopping and not body.stream.disconnected:
             raise _interrupted(lease, committed)
         return committed
 
@@ -309,26 +314,10 @@ def _interrupted(lease: Lease, upload: Upload) -> TusError:
 
 
 async def _guarded(chunks: AsyncIterable[bytes], lease: Lease) -> AsyncIterator[bytes]:
-    """The body until it ends or the lease is asked to let go (takeover, shutdown), even while no
-    byte arrives; stops before another byte reaches storage if the lease was lost."""
-    iterator = aiter(chunks)
-    stopping = asyncio.ensure_future(lease.stop.wait())
-    try:
-        while True:
-            step = asyncio.ensure_future(anext(iterator))
-            await asyncio.wait((step, stopping), return_when=asyncio.FIRST_COMPLETED)
-            if not step.done():
-                step.cancel()
-                await asyncio.gather(step, return_exceptions=True)
-                return
-            try:
-                chunk = step.result()
-            except StopAsyncIteration:
-                return
-            lease.check()
-            yield chunk
-    finally:
-        stopping.cancel()
+    """Stop the stream as soon as the lease is lost, before another byte reaches storage."""
+    async for chunk in chunks:
+        lease.check()
+        yield chunk
 
 
 async def _hashed(chunks: AsyncIterator[bytes], hasher: hashlib._Hash) -> AsyncIterator[bytes]:
