@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import signal
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from types import FrameType
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -30,7 +32,13 @@ log = logging.getLogger(__name__)
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
+def app_from_env() -> Starlette:
+    """Factory for ASGI servers: `uvicorn --factory tusserver.app:app_from_env` (settings from
+    `TUSSERVER_*`). It also asks in-flight uploads to finish early on SIGTERM / SIGINT."""
+    return create_app(Settings.from_env(), stop_on_signals=True)
+
+
+def create_app(settings: Settings | None = None, stop_on_signals: bool = False) -> Starlette:
     """The tus server as an ASGI application; `uvicorn` (or any ASGI server) runs it."""
     settings = settings or Settings()
     hooks = build_hooks(settings)  # fail at start-up, not at the first finished upload
@@ -46,6 +54,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with running(settings, hooks) as runtime:
             app.state.service = runtime.service
+            if stop_on_signals:
+                _stop_uploads_on_signals(runtime.service.locks.stop_all)
             sweeping = None
             if settings.cleanup_interval > 0:
                 sweeping = asyncio.create_task(runtime.sweeper.run(settings.cleanup_interval))
@@ -72,6 +82,22 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.router.redirect_slashes = False  # /files and /files/ are both routes (CR-13)
     app.state.settings = settings
     return app
+
+
+def _stop_uploads_on_signals(stop_all: Callable[[], None]) -> None:
+    """Chain onto the ASGI server's SIGTERM/SIGINT handlers: before it starts waiting for requests
+    to end, ask every upload in flight to commit what it has and answer (graceful shutdown)."""
+    loop = asyncio.get_running_loop()
+    for number in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(number)
+
+        def handler(received: int, frame: FrameType | None, previous: object = previous) -> None:
+            log.info("shutdown_requested signal=%d", received)
+            loop.call_soon_threadsafe(stop_all)
+            if callable(previous):
+                previous(received, frame)
+
+        signal.signal(number, handler)
 
 
 async def tus_error_response(request: Request, exc: Exception) -> Response:

@@ -11,6 +11,7 @@ import asyncio
 import ctypes
 import ctypes.util
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -41,6 +42,8 @@ _SERVE_FLAGS: list[tuple[str, str | None, str]] = [
     ("behind-proxy", None, "trust Forwarded / X-Forwarded-Host / X-Forwarded-Proto for upload URLs"),
     ("root-path", "PREFIX", "URL prefix a proxy strips before forwarding, e.g. /uploads (default none)"),
     ("max-metadata-size", "BYTES", "largest Upload-Metadata header accepted (default 16K)"),
+    ("workers", "N", "server processes on this host (default 1)"),
+    ("shutdown-timeout", "SECONDS", "on SIGTERM, time given to in-flight requests (default 10)"),
     ("lock-timeout", "SECONDS", "wait for another request on the same upload before 423 (default 10)"),
     ("lock-ttl", "SECONDS", "how long an upload lock outlives a killed process (default 6)"),
     ("hook-timeout", "SECONDS", "time limit of a webhook call and of hooks at shutdown (default 30)"),
@@ -135,20 +138,25 @@ async def _migrate(settings: Settings, revision: str, down: bool) -> None:
 
 
 def serve(settings: Settings) -> int:
+    """Run uvicorn on the app factory; with several workers each process rebuilds the same settings
+    from the environment this writes."""
     _tune_malloc()
     try:
-        app = create_app(settings)
+        create_app(settings)  # fail here, with a clear message, on a bad hook or database URL
     except ValueError as exc:
         print(f"tusserver: {exc}", file=sys.stderr)
         return 2
+    os.environ.update(settings.to_env())
     uvicorn.run(
-        app,
+        "tusserver.app:app_from_env",
+        factory=True,
         host=settings.host,
         port=settings.port,
+        workers=settings.workers if settings.workers > 1 else None,
         log_level=settings.log_level.lower(),
         server_header=False,
         root_path=settings.root_path.rstrip("/"),
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=int(settings.shutdown_timeout),
     )
     return 0
 

@@ -56,6 +56,10 @@ class Settings:
     """Seconds a lock stays valid without renewal; bounds how long a killed process blocks an upload."""
     hook_timeout: float = 30.0
     """Seconds a webhook delivery may take before it is abandoned and logged."""
+    workers: int = 1
+    """Server processes on this host (uvicorn workers); they share the database and data directory."""
+    shutdown_timeout: float = 10.0
+    """Seconds a stopping server gives in-flight requests to finish (they are asked to end early)."""
     expire_after: float | None = 24 * 3600.0
     """Seconds an unfinished upload lives after its last activity; None: never expires."""
     retain_finished: float | None = None
@@ -100,6 +104,18 @@ class Settings:
         }
         return cls().with_text_values(changes)
 
+    def to_env(self) -> dict[str, str]:
+        """These settings as `TUSSERVER_*` variables, so that worker processes rebuild them exactly."""
+        env = {}
+        for name in _FIELD_PARSERS:
+            value = getattr(self, name)
+            if isinstance(value, bool):
+                value = "true" if value else "false"
+            elif value is None:
+                value = "none" if name in _NONE_MEANS_UNSET else ""
+            env[ENV_PREFIX + name.upper()] = str(value)
+        return env
+
     def with_text_values(self, values: Mapping[str, str]) -> Settings:
         """A copy with fields set from text (environment or command line), parsed per field."""
         try:
@@ -110,6 +126,7 @@ class Settings:
 
 
 _NONE = {"", "0", "none", "never", "unlimited", "off"}
+_NONE_MEANS_UNSET = {"max_size", "expire_after", "retain_finished"}
 _DURATION = re.compile(r"(?P<number>[0-9]+(?:\.[0-9]+)?)\s*(?P<unit>[smhd]?)", re.IGNORECASE)
 _SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -161,5 +178,7 @@ _FIELD_PARSERS: dict[str, Callable[[str], object]] = {
     "behind_proxy": parse_bool,
     "max_metadata_size": parse_byte_size,
     "root_path": str,
+    "workers": int,
+    "shutdown_timeout": float,
 }
 assert set(_FIELD_PARSERS) <= {f.name for f in fields(Settings)}

@@ -7,6 +7,10 @@ uploads.
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -77,7 +81,27 @@ def _migrations_directory() -> Path:
 
 
 async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
-    """Upgrade the schema to `revision` inside one transaction."""
+    """Upgrade the schema to `revision` inside one transaction; processes starting together take
+    turns (an advisory lock on PostgreSQL, a file lock beside an SQLite database)."""
+    database = engine.url.database
+    if engine.dialect.name == "sqlite" and database and database != ":memory:":
+        async with _file_lock(Path(database + ".migrate-lock")):
+            await _migrate(engine, revision)
+    else:
+        await _migrate(engine, revision)
+
+
+@asynccontextmanager
+async def _file_lock(path: Path) -> AsyncIterator[None]:
+    handle = await asyncio.to_thread(path.open, "a")
+    try:
+        await asyncio.to_thread(fcntl.flock, handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        handle.close()  # closing releases the lock
+
+
+async def _migrate(engine: AsyncEngine, revision: str) -> None:
     async with engine.begin() as connection:
         if engine.dialect.name == "postgresql":
             await connection.execute(

@@ -1,0 +1,82 @@
+"""Several processes on one upload store: uvicorn workers, and graceful shutdown on SIGTERM.
+
+Real `tusserver serve` processes on loopback ports; every test runs on SQLite (several processes on
+one file) and on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+from tests.helpers import MiB, random_file, sha256_file, stored_file
+from tests.servers import ServerProcess
+from tests.test_end_to_end import uploader, url_of
+
+TUS = {"Tus-Resumable": "1.0.0"}
+
+
+def test_workers_share_uploads(tmp_path: Path, database_url: str) -> None:
+    server = ServerProcess(
+        data_dir=tmp_path / "data", database_url=database_url, extra_args=["--workers", "2"]
+    )
+    server.start()
+    try:
+        sources = [random_file(tmp_path / f"f{index}.bin", (index + 1) * 3 * MiB) for index in range(6)]
+
+        def upload(source: Path) -> str:
+            with source.open("rb") as stream:
+                job = uploader(server.url, stream, chunk_size=1 * MiB)
+                job.upload()
+            return url_of(job)
+
+        with ThreadPoolExecutor(6) as pool:
+            urls = list(pool.map(upload, sources))
+        for source, url in zip(sources, urls, strict=True):
+            assert sha256_file(stored_file(server.data_dir, url)) == sha256_file(source)
+    finally:
+        server.stop()
+    assert server.log().count("Started server process") == 2
+
+
+def test_sigterm_commits_in_flight_bytes_and_releases_the_lock(tmp_path: Path, database_url: str) -> None:
+    server = ServerProcess(data_dir=tmp_path / "data", database_url=database_url)
+    server.start()
+    created = httpx.post(server.url, headers={**TUS, "Upload-Length": str(4 * MiB)})
+    url = created.headers["Location"]
+    head = (
+        f"PATCH {httpx.URL(url).path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nTus-Resumable: 1.0.0\r\n"
+        f"Upload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\nContent-Length: {4 * MiB}\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", server.port)) as connection:
+        connection.sendall(head.encode() + b"z" * MiB)  # a quarter of the body, then silence
+        time.sleep(0.5)
+        assert server.process is not None
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        connection.settimeout(10)
+        answer = connection.recv(4096).decode("latin-1")
+        server.process.wait(timeout=15)
+        stopped_in = time.monotonic() - started
+    assert answer.startswith("HTTP/1.1 503"), answer
+    assert f"upload-offset: {MiB}" in answer.lower()
+    assert stopped_in < 5  # it did not sit out the shutdown timeout waiting for the silent client
+    server.start()  # same data, same database
+    try:
+        status = httpx.head(url, headers=TUS)
+        assert status.headers["Upload-Offset"] == str(MiB)
+        rest = httpx.patch(
+            url,
+            content=b"z" * (3 * MiB),
+            headers={**TUS, "Upload-Offset": str(MiB), "Content-Type": "application/offset+octet-stream"},
+            timeout=5,  # no wait for a stale lease: the stopping server released it
+        )
+        assert rest.status_code == 204
+        assert stored_file(server.data_dir, url).read_bytes() == b"z" * (4 * MiB)
+    finally:
+        server.stop()
