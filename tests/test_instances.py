@@ -51,7 +51,8 @@ def test_sigterm_commits_in_flight_bytes_and_releases_the_lock(tmp_path: Path, d
     url = created.headers["Location"]
     head = (
         f"PATCH {httpx.URL(url).path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nTus-Resumable: 1.0.0\r\n"
-        f"Upload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\nContent-Length: {4 * MiB}\r\n\r\n"
+        "Upload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\n"
+        f"Content-Length: {4 * MiB}\r\n\r\n"
     )
     with socket.create_connection(("127.0.0.1", server.port)) as connection:
         connection.sendall(head.encode() + b"z" * MiB)  # a quarter of the body, then silence
