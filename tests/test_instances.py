@@ -81,3 +81,40 @@ def test_sigterm_commits_in_flight_bytes_and_releases_the_lock(tmp_path: Path, d
         assert stored_file(server.data_dir, url).read_bytes() == b"z" * (4 * MiB)
     finally:
         server.stop()
+
+
+def test_kill_during_a_long_patch_loses_at_most_the_last_seconds(tmp_path: Path, database_url: str) -> None:
+    """Progress is committed every --commit-interval while a body streams (issue 4, crash safety)."""
+    server = ServerProcess(
+        data_dir=tmp_path / "data", database_url=database_url, extra_args=["--commit-interval", "0.5"]
+    )
+    server.start()
+    total = 64 * MiB
+    created = httpx.post(server.url, headers={**TUS, "Upload-Length": str(total)})
+    url = created.headers["Location"]
+    head = (
+        f"PATCH {httpx.URL(url).path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nTus-Resumable: 1.0.0\r\n"
+        "Upload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\n"
+        f"Content-Length: {total}\r\n\r\n"
+    )
+    piece = bytes(range(256)) * 1024  # 256 KiB
+    sent = 0
+    with socket.create_connection(("127.0.0.1", server.port)) as connection:
+        connection.sendall(head.encode())
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:  # a slow, steady client: about 2.5 MiB/s
+            connection.sendall(piece)
+            sent += len(piece)
+            time.sleep(0.1)
+        server.kill()
+    server.start()
+    try:
+        status = httpx.head(url, headers=TUS, timeout=30)  # waits out the dead process's lease
+        committed = int(status.headers["Upload-Offset"])
+        assert sent - 3 * MiB <= committed <= sent  # at most ~0.5 s of data + one 1 MiB block lost
+        assert (
+            stored_file(server.data_dir, url).read_bytes()[:committed]
+            == (piece * (sent // len(piece)))[:committed]
+        )
+    finally:
+        server.stop()

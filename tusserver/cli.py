@@ -42,6 +42,8 @@ _SERVE_FLAGS: list[tuple[str, str | None, str]] = [
     ("behind-proxy", None, "trust Forwarded / X-Forwarded-Host / X-Forwarded-Proto for upload URLs"),
     ("root-path", "PREFIX", "URL prefix a proxy strips before forwarding, e.g. /uploads (default none)"),
     ("max-metadata-size", "BYTES", "largest Upload-Metadata header accepted (default 16K)"),
+    ("fsync", None, "fsync bytes before committing offsets: survives power loss, costs throughput"),
+    ("commit-interval", "SECONDS", "commit progress this often during a long PATCH (default 2)"),
     ("workers", "N", "server processes on this host (default 1)"),
     ("shutdown-timeout", "SECONDS", "on SIGTERM, time given to in-flight requests (default 10)"),
     ("lock-timeout", "SECONDS", "wait for another request on the same upload before 423 (default 10)"),

@@ -56,6 +56,10 @@ class Settings:
     """Seconds a lock stays valid without renewal; bounds how long a killed process blocks an upload."""
     hook_timeout: float = 30.0
     """Seconds a webhook delivery may take before it is abandoned and logged."""
+    fsync: bool = False
+    """fsync upload bytes before committing an offset that covers them (survives power loss; slower)."""
+    commit_interval: float = 2.0
+    """Seconds between offset commits while one long PATCH streams: the most a crash can lose."""
     workers: int = 1
     """Server processes on this host (uvicorn workers); they share the database and data directory."""
     shutdown_timeout: float = 10.0
@@ -179,6 +183,8 @@ _FIELD_PARSERS: dict[str, Callable[[str], object]] = {
     "max_metadata_size": parse_byte_size,
     "root_path": str,
     "workers": int,
+    "fsync": parse_bool,
+    "commit_interval": parse_duration,
     "shutdown_timeout": float,
 }
 assert set(_FIELD_PARSERS) <= {f.name for f in fields(Settings)}

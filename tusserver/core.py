@@ -93,6 +93,18 @@ class FinishEvent:
         }
 
 
+class Checkpoint(Protocol):
+    """Lets a long write commit its progress now and then (crash safety without waiting for the end)."""
+
+    def due(self) -> bool:
+        """True when the writer would like the bytes so far to be made durable and reported."""
+        ...
+
+    async def reached(self, written: int) -> None:
+        """The first `written` bytes of this write are stored (and synced if the backend syncs)."""
+        ...
+
+
 class Storage(Protocol):
     """Where upload bytes live. Bytes beyond `upload.offset` are debris of an aborted write."""
 
@@ -100,8 +112,11 @@ class Storage(Protocol):
         """Prepare room for a new upload; returns backend state to keep in `upload.storage`."""
         ...
 
-    async def write(self, upload: Upload, chunks: AsyncIterable[bytes]) -> int:
-        """Write `chunks` starting at `upload.offset` until they end; returns the bytes written."""
+    async def write(
+        self, upload: Upload, chunks: AsyncIterable[bytes], checkpoint: Checkpoint | None = None
+    ) -> int:
+        """Write `chunks` starting at `upload.offset` until they end; returns the bytes written.
+        Between blocks, when `checkpoint.due()`, report progress through `checkpoint.reached`."""
         ...
 
     async def concatenate(self, upload: Upload, parts: Sequence[Upload]) -> None:

@@ -48,6 +48,7 @@ def policy_of(settings: Settings) -> Policy:
         max_size=settings.max_size,
         expire_after=lifetime(settings.expire_after),
         retain_finished=lifetime(settings.retain_finished),
+        commit_every=settings.commit_interval,
     )
 
 
@@ -59,7 +60,7 @@ async def running(settings: Settings, hooks: Sequence[Hook] = ()) -> AsyncIterat
         await migrate(engine)
         store = SqlUploadStore(engine)
         locks = UploadLocks(store, instance_name(), settings.lock_ttl, settings.lock_timeout)
-        storage = LocalStorage(settings.uploads_dir)
+        storage = LocalStorage(settings.uploads_dir, fsync=settings.fsync)
         service = UploadService(store, storage, locks, runner, policy_of(settings))
         yield Runtime(engine, service, ExpirySweeper(store, storage, locks))
     finally:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -47,6 +48,8 @@ class Policy:
     """Lifetime of an unfinished upload, renewed by each append; None: never expires."""
     retain_finished: timedelta | None = None
     """Lifetime of a finished upload; None: kept until deleted."""
+    commit_every: float = 2.0
+    """Seconds between offset commits while one long request streams (what a crash can lose)."""
 
     def expires_at(self, upload: Upload, now: datetime) -> datetime | None:
         lifetime = self.retain_finished if upload.completed_at else self.expire_after
@@ -250,17 +253,19 @@ class UploadService:
         if hasher is not None:
             stream = _hashed(stream, hasher)
         limited = LimitedBody(stream, room)
-        written = await self.storage.write(upload, limited)
+        # With a checksum nothing may count before the whole body is verified (K-6): no checkpoints.
+        progress = Progress(self, lease, upload, None if checksum else self.policy.commit_every)
+        written = await self.storage.write(upload, limited, progress)
         if checksum is not None and hasher is not None:
             _verify(checksum, hasher, body.stream.disconnected, limited.exceeded)
-        committed = await self._commit(lease, upload, written)
+        committed = await self._commit(lease, upload, written, progress.committed)
         if limited.exceeded:
             raise TooLarge(f"body exceeds the {room} bytes left; {written} bytes were stored")
         if lease.stopping and not body.stream.disconnected:
             raise _interrupted(lease, committed)
         return committed
 
-    async def _commit(self, lease: Lease, upload: Upload, written: int) -> Upload:
+    async def _commit(self, lease: Lease, upload: Upload, written: int, old_offset: int) -> Upload:
         lease.check()
         now = utcnow()
         updated = replace(upload, offset=upload.offset + written, updated_at=now)
@@ -269,7 +274,7 @@ class UploadService:
             updated = replace(updated, completed_at=now)
             await self.storage.finish(updated)
         updated = replace(updated, expires_at=self.policy.expires_at(updated, now))  # sliding (E-6)
-        committed = await self.store.commit(updated, lease.owner, lease.upload.offset, release=True)
+        committed = await self.store.commit(updated, lease.owner, old_offset, release=True)
         if committed is None:
             raise UploadLocked("upload was taken over by another request, retry")
         lease.released = True
@@ -287,6 +292,36 @@ class UploadService:
             storage=self.storage.describe(upload),
         )
         self.hooks.finished(event)
+
+
+class Progress:
+    """A `Checkpoint` that commits the offset every `every` seconds while a long body streams, so a
+    crash loses at most that much of what was received (None: never, until the end)."""
+
+    def __init__(self, service: UploadService, lease: Lease, upload: Upload, every: float | None) -> None:
+        self._service = service
+        self._lease = lease
+        self._upload = upload
+        self._every = every
+        self._next = time.monotonic() + (every or 0)
+        self.committed = upload.offset
+
+    def due(self) -> bool:
+        return self._every is not None and time.monotonic() >= self._next
+
+    async def reached(self, written: int) -> None:
+        self._next = time.monotonic() + (self._every or 0)
+        now = utcnow()
+        upload = replace(self._upload, offset=self._upload.offset + written, updated_at=now)
+        if upload.is_complete:
+            return  # finishing belongs to the final commit
+        upload = replace(upload, expires_at=self._service.policy.expires_at(upload, now))
+        self._lease.check()
+        store = self._service.store
+        if await store.commit(upload, self._lease.owner, self.committed, release=False) is None:
+            self._lease.lost = True
+            self._lease.check()
+        self.committed = upload.offset
 
 
 def _alive(upload: Upload) -> Upload:

@@ -4,7 +4,9 @@ Layout: `<directory>/<upload_id>`, one file per upload, created empty at creatio
 `Upload-Length` when complete. Files are written at the committed offset; anything beyond it is debris
 from an aborted request and is overwritten by the next write. Upload IDs are checked against the ID
 pattern before any path is built, so no request can name a file outside the directory. File I/O runs
-in worker threads (aiofiles), one hop per coalesced MiB, never on the event loop.
+in worker threads (aiofiles), one hop per coalesced MiB, never on the event loop. With `fsync`, data
+is flushed to disk before an offset that covers it is committed (slower; needed to survive power loss,
+not process crashes).
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from pathlib import Path
 
 import aiofiles
 import aiofiles.os
+from aiofiles.threadpool.binary import AsyncBufferedIOBase, AsyncBufferedReader
 
 from tusserver.bodies import coalesce
-from tusserver.core import Upload, is_upload_id
+from tusserver.core import Checkpoint, Upload, is_upload_id
 
 READ_SIZE = 1024 * 1024
 
@@ -27,7 +30,8 @@ READ_SIZE = 1024 * 1024
 class LocalStorage:
     """Storage in a directory of the local file system (or a shared mount such as NFS)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, fsync: bool = False) -> None:
+        self.fsync = fsync
         self.directory = directory.resolve()
         self.directory.mkdir(parents=True, exist_ok=True)
 
@@ -41,7 +45,9 @@ class LocalStorage:
             pass
         return {}
 
-    async def write(self, upload: Upload, chunks: AsyncIterable[bytes]) -> int:
+    async def write(
+        self, upload: Upload, chunks: AsyncIterable[bytes], checkpoint: Checkpoint | None = None
+    ) -> int:
         written = 0
         # At offset 0 everything on disk is debris: start the file afresh.
         opening = (
@@ -54,7 +60,17 @@ class LocalStorage:
             async for block in coalesce(chunks):
                 await file.write(block)
                 written += len(block)
+                if checkpoint is not None and checkpoint.due():
+                    await self._sync(file)
+                    await checkpoint.reached(written)
+            await self._sync(file)
         return written
+
+    async def _sync(self, file: AsyncBufferedIOBase | AsyncBufferedReader) -> None:
+        """With `fsync`, bytes reach the disk before any offset that covers them is committed."""
+        if self.fsync:
+            await file.flush()
+            await asyncio.to_thread(os.fsync, file.fileno())
 
     async def concatenate(self, upload: Upload, parts: Sequence[Upload]) -> None:
         sources = [(self.path(part), part.offset) for part in parts]
