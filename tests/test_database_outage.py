@@ -12,6 +12,7 @@ import pytest
 from tests.pgcluster import PostgresCluster
 from tests.servers import ServerProcess
 
+pytestmark = pytest.mark.postgresql
 TUS = {"Tus-Resumable": "1.0.0"}
 OCTETS = {**TUS, "Content-Type": "application/offset+octet-stream"}
 
