@@ -135,9 +135,7 @@ async def download(request: Request, upload_id: str) -> Response:
     upload = await _service(request).get(upload_id)
     if not upload.is_complete:
         raise OffsetMismatch("upload is not finished yet", {UPLOAD_OFFSET: str(upload.offset)})
-    metadata = {
-        key: value.decode("utf-8", "replace") for key, value in decode_metadata(upload.metadata).items()
-    }
+    metadata = metadata_text(upload.metadata)
     media = media_type(metadata.get("filetype"))
     total = upload.offset
     span = parse_range(request.headers.get("range"), total)
