@@ -1,6 +1,6 @@
 """Hostile input, property-based (hypothesis): random methods, paths, header values and bodies.
 
-Two properties, each on SQLite and PostgreSQL:
+Each on SQLite and PostgreSQL:
 
 * `test_hostile_requests_never_5xx_and_never_touch_existing_uploads`: whatever a client sends, the
   server answers below 500, every error is a short `text/plain` text without a traceback, HEAD
@@ -9,6 +9,8 @@ Two properties, each on SQLite and PostgreSQL:
 * `test_valid_patch_sequences_store_exactly_what_was_sent`: a model check of the append path; any
   split of a body into PATCH chunks (with stale PATCHes at wrong offsets in between, which must be
   409 and store nothing) ends with stored bytes == the concatenation and offset == its length.
+* `test_replayed_hostile_request_is_not_a_server_error`: requests that once got a 500 (found by the
+  property, or aimed at a known trap), with the same checks, deterministic on every run.
 
 Each hypothesis example runs its own app instance (lifespan included) inside one `asyncio.run`, on the
 test's database; hypothesis drives a *sync* test function, so function-scoped fixtures are fine here.
@@ -25,11 +27,11 @@ import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import quote
 
 import httpx
-from hypothesis import HealthCheck, event, given
+import pytest
+from hypothesis import HealthCheck, Phase, currently_in_test_context, event, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
@@ -45,17 +47,22 @@ UPLOAD_ID_AT_END = re.compile(r"([0-9a-f]{32})/?$")
 MAX_ERROR_BODY = 300
 
 FAST = hypothesis_settings(
-    max_examples=60,
+    max_examples=100,
     deadline=None,
-    database=None,  # no .hypothesis/ example database in the checkout
+    database=None,  # no example database (hypothesis still caches constants in .hypothesis/)
+    phases=[Phase.explicit, Phase.generate, Phase.shrink],  # "explain" re-runs a failure for minutes
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
+
+MODEL = hypothesis_settings(FAST, max_examples=60)
 
 # --- strategies for header values (bytes; None removes a header the client would send) -------------
 
 # Alphabets as strings: hypothesis samples from them directly, without its unicode tables.
 _LATIN1 = "".join(chr(code) for code in range(1, 256) if chr(code) not in "\r\n")
-_UNICODE = "١٢３٥¹²³½ñé€\u202e\ufeff\u00a0\u2028\u0130ß🦀 0aZ"
+_UNICODE = (
+    "\u0661\u0662\uff13\u0665\xb9\xb2\xb3\xbd\xf1\xe9\u20ac\u202e\ufeff\xa0\u2028\u0130\xdf\U0001f980 0aZ"
+)
 
 
 def _text(alphabet: str, max_size: int, encoding: str = "latin-1") -> st.SearchStrategy[bytes]:
@@ -75,7 +82,7 @@ _BIG = st.one_of(
     st.sampled_from([0, 1, 2**31, 2**32, 2**53 + 1, 2**63 - 1, 2**63, 2**64, 10**30]),
 )
 _SPECIAL_NUMBERS = (
-    b"", b" ", b"\xb2", b"\xb9", b"\xb3", b"\xbd", "١٢".encode(), "３".encode(), b"NaN", b"inf", b"-0",
+    b"", b" ", "\u0661\u0662".encode(), "\uff13".encode(), b"NaN", b"inf", b"-0",
     b"9" * 400, b"0" * 300 + b"1", b"1 2", b"0,0", b"0x10", b"1e3", b"1.5", b"\x7f", b"\x01",
 )  # fmt: skip
 
@@ -84,8 +91,16 @@ def _numberish(plausible_max: int) -> st.SearchStrategy[bytes | None]:
     """Sizes and offsets: plausible ones, every kind of malformed number, and random text."""
     return st.one_of(
         st.integers(0, plausible_max).map(lambda number: str(number).encode()),
-        st.builds(lambda form, number: form.format(number).encode("latin-1"), st.sampled_from(_NUMBER_FORMATS), _BIG),
+        st.builds(
+            lambda form, number: form.format(number).encode("latin-1"), st.sampled_from(_NUMBER_FORMATS), _BIG
+        ),
         st.sampled_from(_SPECIAL_NUMBERS),
+        # latin-1 characters Python calls digits or numerals (str.isdigit / isnumeric) but int() refuses
+        st.lists(
+            st.sampled_from([b"\xb2", b"\xb3", b"\xb9", b"\xbc", b"\xbd", b"\xbe", b"1"]),
+            min_size=1,
+            max_size=3,
+        ).map(b"".join),
         _text(_LATIN1, 24),
         _text(_UNICODE, 8, "utf-8"),
     )
@@ -105,7 +120,7 @@ _METADATA_SPECIALS = (
     b"a YQ==,\xa0b YQ==", b"a YQ==\x85",
     b"filename " + _b64(b"../../etc/passwd"),
     b"filename " + _b64(b'a"b\r\nX-Injected: 1\\;%00.html'),
-    b"filename " + _b64("ü\u202egnp.exe".encode()),
+    b"filename " + _b64("\xfc\u202egnp.exe".encode()),
     b"filename " + _b64(b"\xff\xfe"),
     b"filetype " + _b64(b"text/html") + b",filename " + _b64(b"x.html"),
     b"filetype " + _b64(b"image/svg+xml"),
@@ -130,7 +145,7 @@ _CONCAT = st.one_of(
             b"final;{p6}/ {p5}?x#y", b"final;{p5}\t{p6}", b"final;{p5}%00 {p6}", b"final;{p2}",
             b"final;/files/" + b"0" * 32, b"final;" + b"/files/x " * 200, b"final;../../../etc/passwd",
             b"final;http://[::1", b"final;http://[bad/files/abc", b"final;http://a:99999/files/x",
-            b"final;{u5} http://[", b"final;\\\\evil\\share {p5}", b"final;" + "/files/é".encode(),
+            b"final;{u5} http://[", b"final;\\\\evil\\share {p5}", b"final;" + "/files/\xe9".encode(),
         ]
     ),
     _text(_LATIN1, 30),
@@ -138,14 +153,15 @@ _CONCAT = st.one_of(
 _CHECKSUM = st.one_of(
     st.sampled_from(
         [
-            b"sha1 " + _b64(hashlib.sha1(b"").digest()), b"sha1 " + _b64(bytes(20)), b"md5 " + _b64(bytes(16)),
-            b"sha256 " + _b64(bytes(32)), b"sha512 " + _b64(bytes(64)), b"crc32 AAAAAA==", b"sha1", b"sha1 ",
-            b"sha1  AAAA", b"SHA1 AAAA", b"sha1 ====", b"sha1 A===", b"sha1 " + b"A" * 10000, b"md5 \xff",
+            b"sha1 " + _b64(hashlib.sha1(b"").digest()), b"sha1 " + _b64(bytes(20)),
+            b"md5 " + _b64(bytes(16)), b"sha256 " + _b64(bytes(32)), b"sha512 " + _b64(bytes(64)),
+            b"crc32 AAAAAA==", b"sha1", b"sha1 ", b"sha1  AAAA", b"SHA1 AAAA", b"sha1 ====", b"sha1 A===",
+            b"sha1 " + b"A" * 10000, b"md5 \xff",
             b"sha1 AAAAAAAAAAAAAAAAAAAAAAAAAAA=", b"md5 " + _b64(bytes(16)) + b" extra", b" sha1 x",
             b"sha3-256 " + _b64(bytes(32)), b"shake_128 " + _b64(bytes(16)), b"blake2b " + _b64(bytes(64)),
         ]
     ),
-    st.builds(lambda name, raw: name + b" " + _b64(raw), st.sampled_from([b"md5", b"sha1"]), st.binary(max_size=24)),
+    st.builds(lambda name, raw: name + b" " + _b64(raw), st.sampled_from([b"md5", b"sha1"]), st.binary()),
     _text(_LATIN1, 30),
 )  # fmt: skip
 _CONTENT_TYPE = st.one_of(
@@ -162,7 +178,9 @@ _CONTENT_TYPE = st.one_of(
 )  # fmt: skip
 _TUS_RESUMABLE = st.one_of(
     st.just(b"1.0.0"),
-    st.sampled_from([None, b"", b"1.0.0 ", b" 1.0.0", b"1.0", b"1.0.0,1.0.0", b"0.2.2", b"1.0.0\t", b"1.0.0\xa0"]),
+    st.sampled_from(
+        [None, b"", b"1.0.0 ", b" 1.0.0", b"1.0", b"1.0.0,1.0.0", b"0.2.2", b"1.0.0\t", b"\xa01.0.0"]
+    ),
     _text(_LATIN1, 8),
 )  # fmt: skip
 _OVERRIDE = st.one_of(
@@ -180,7 +198,7 @@ _RANGE = st.one_of(
         [
             b"bytes=0-", b"bytes=-1", b"bytes=-0", b"bytes=0-0", b"bytes=5-2", b"bytes=" + b"9" * 30 + b"-",
             b"bytes=-" + b"9" * 30, b"bytes=0-" + b"9" * 30, b"bytes=0-1,2-3", b"bytes=", b"bytes=-", b"-",
-            b"items=0-1", b"bytes = 0-1", b"bytes=\xb2-", b"bytes=1-\xb9", "bytes=١-".encode(),
+            b"items=0-1", b"bytes = 0-1", b"bytes=\xb2-", b"bytes=1-\xb9", "bytes=\u0661-".encode(),
         ]
     ),
     st.builds(lambda start, end: f"bytes={start}-{end}".encode(), _BIG | st.just(""), _BIG | st.just("")),
@@ -230,14 +248,22 @@ HOSTILE_HEADERS: dict[str, st.SearchStrategy[bytes | None]] = {
     "X-Forwarded-Host": _HOST,
     "X-Forwarded-Proto": _PROTO,
 }
-# Half of the requests start from headers a real client would send, so that hostile values also
-# reach the checks behind the first one (a PATCH at a fresh upload's offset 0 really appends).
+# Most POSTs and PATCHes start from headers a real client would send, so that hostile values also
+# reach the checks behind the first one (a PATCH at a fresh upload's offset really appends).
 PLAUSIBLE: dict[str, st.SearchStrategy[dict[str, bytes]]] = {
     "POST": st.fixed_dictionaries(
-        {"Upload-Length": st.integers(0, 64).map(lambda number: str(number).encode()), "Content-Type": st.just(OCTETS)}
+        {
+            "Upload-Length": st.integers(0, 64).map(lambda number: str(number).encode()),
+            "Content-Type": st.just(OCTETS),
+        }
     ),
     "PATCH": st.fixed_dictionaries(
-        {"Upload-Offset": st.integers(0, 8).map(lambda number: str(number).encode()), "Content-Type": st.just(OCTETS)}
+        {
+            # {offset}: the target's offset at send time (never a known upload's, see `_disarm`)
+            "Upload-Offset": st.just(b"{offset}")
+            | st.integers(0, 8).map(lambda number: str(number).encode()),
+            "Content-Type": st.just(OCTETS),
+        }
     ),
 }
 
@@ -249,8 +275,9 @@ _PATH_TRICKS = (
     "/files/..%2F..%2Fetc%2Fpasswd", "/files/%2e%2e%2f%2e%2e%2fetc", "/files/%00", "/files/{id}%00",
     "/files/{id}%2F", "/files/{id}/", "/files/{id}/x/..", "/files/{id}/../{id}", "/files/..\\..\\{id}",
     "/files/{ID}", "/files//{id}", "/files/{id}?x=1", "/files/{id}%20", "/FILES/{id}", "/files/{id}x",
-    "/files/x{id}", "/files/%7B%7D", "/files/" + "a" * 4096, "/files/" + "0" * 10000, "/files/ñandú€🦀",
-    "/files/{id}/{id}", "/files/.%2e/files/{id}", "/", "/files/../files/", "/files%2F{id}", "/files/*",
+    "/files/x{id}", "/files/%7B%7D", "/files/" + "a" * 4096, "/files/" + "0" * 10000,
+    "/files/\xf1and\xfa\u20ac\U0001f980", "/files/{id}/{id}", "/files/.%2e/files/{id}", "/",
+    "/files/../files/", "/files%2F{id}", "/files/*",
 )  # fmt: skip
 
 
@@ -258,20 +285,32 @@ _PATH_TRICKS = (
 class Target:
     """Where a request goes, resolved when it is sent: the ids only exist at run time."""
 
-    kind: str  # "collection", "known", "fresh" (created during the run) or "raw"
+    kind: str  # "collection", "known", "fresh" (may be changed or deleted) or "raw"
     index: int = 0
     path: str = ""
 
 
-_TARGETS = st.one_of(
-    st.sampled_from(["/files/", "/files"]).map(lambda path: Target("collection", path=path)),
-    st.integers(0, 7).map(lambda index: Target("known", index)),
-    st.integers(0, 7).map(lambda index: Target("fresh", index)),
-    st.builds(lambda index, path: Target("raw", index, path), st.integers(0, 7), st.sampled_from(_PATH_TRICKS)),
-    st.text(_HEX, min_size=32, max_size=32).map(lambda upload_id: Target("raw", path=BASE + upload_id)),
-    st.text(_HEX + "ABCDEFxyz-_.", max_size=40).map(lambda text: Target("raw", path=BASE + text)),
-    st.text(_LATIN1 + _UNICODE, max_size=20).map(lambda text: Target("raw", path=BASE + quote(text, safe=""))),
-)
+_RAW_TARGETS = {
+    "id": st.text(_HEX, min_size=32, max_size=32).map(lambda upload_id: Target("raw", path=BASE + upload_id)),
+    "trick": st.builds(
+        lambda index, path: Target("raw", index, path), st.integers(0, 7), st.sampled_from(_PATH_TRICKS)
+    ),
+    "idish": st.text(_HEX + "ABCDEFxyz-_.", max_size=40).map(lambda text: Target("raw", path=BASE + text)),
+    "text": st.text(_LATIN1 + _UNICODE, max_size=20).map(
+        lambda text: Target("raw", path=BASE + quote(text, safe=""))
+    ),
+}
+
+
+def _target(draw: st.DrawFn, method: str) -> Target:
+    """POSTs mostly go to the collection, other methods mostly to uploads; a third go elsewhere."""
+    usual = ["collection"] * 4 if method == "POST" else ["fresh"] * 3 + ["known"]
+    kind = draw(st.sampled_from([*usual, "known", "collection", "fresh", *_RAW_TARGETS]))
+    if kind == "collection":
+        return Target("collection", path=draw(st.sampled_from(["/files/", "/files"])))
+    if kind in ("known", "fresh"):
+        return Target(kind, draw(st.integers(0, 9)))
+    return draw(_RAW_TARGETS[kind])
 
 
 @dataclass(frozen=True)
@@ -288,11 +327,11 @@ class Hostile:
 def hostile_requests(draw: st.DrawFn) -> Hostile:
     method = draw(st.sampled_from(METHODS))
     headers: dict[str, bytes | None] = {}
-    if method in PLAUSIBLE and draw(st.booleans()):
+    if method in PLAUSIBLE and draw(st.sampled_from([True, True, True, False])):
         headers.update(draw(PLAUSIBLE[method]))
-    for name in draw(st.lists(st.sampled_from(sorted(HOSTILE_HEADERS)), max_size=5, unique=True)):
+    for name in draw(st.lists(st.sampled_from(sorted(HOSTILE_HEADERS)), max_size=3, unique=True)):
         headers[name] = draw(HOSTILE_HEADERS[name])
-    return Hostile(method, draw(_TARGETS), tuple(headers.items()), draw(st.binary(max_size=48)))
+    return Hostile(method, _target(draw, method), tuple(headers.items()), draw(st.binary(max_size=48)))
 
 
 # --- running them ---------------------------------------------------------------------------------
@@ -336,7 +375,11 @@ async def _create_known(http: httpx.AsyncClient) -> list[Known]:
         ({"Upload-Length": "0"}, b"", b""),
         ({"Upload-Length": "6", "Upload-Concat": "partial"}, blob[200:206], b""),
         ({"Upload-Length": "4", "Upload-Concat": "partial"}, b"", blob[250:254]),
-        ({"Upload-Length": "16", "Upload-Metadata": "filename bm90ZXMudHh0,filetype dGV4dC9wbGFpbg==,e"}, b"", b"xyz"),
+        (
+            {"Upload-Length": "16", "Upload-Metadata": "filename bm90ZXMudHh0,filetype dGV4dC9wbGFpbg==,e"},
+            b"",
+            b"xyz",
+        ),
     ]
     known = []
     for headers, first, then in specs:
@@ -348,13 +391,20 @@ async def _create_known(http: httpx.AsyncClient) -> list[Known]:
     return known
 
 
+SACRIFICIAL = (
+    {"Upload-Length": "30"},
+    {"Upload-Defer-Length": "1"},
+    {"Upload-Length": "10", "Upload-Concat": "partial"},
+)
+
+
 def _resolve(target: Target, known: Sequence[Known], fresh: Sequence[str]) -> str:
     if target.kind == "collection":
         return target.path
     if target.kind == "known":
         return known[target.index % len(known)].path
     if target.kind == "fresh":
-        return fresh[target.index % len(fresh)] if fresh else BASE
+        return fresh[target.index % len(fresh)]
     upload_id = known[target.index % len(known)].id
     return target.path.replace("{id}", upload_id).replace("{ID}", upload_id.upper())
 
@@ -420,7 +470,12 @@ async def _send(
     http: httpx.AsyncClient, hostile: Hostile, known: Sequence[Known], fresh: list[str]
 ) -> httpx.Response | None:
     path = _resolve(hostile.target, known, fresh)
-    headers = {name: None if value is None else _placeholders(value, known) for name, value in hostile.headers}
+    headers = {
+        name: None if value is None else _placeholders(value, known) for name, value in hostile.headers
+    }
+    if headers.get("Upload-Offset") == b"{offset}":
+        current = (await http.head(path)).headers.get("Upload-Offset", "0")
+        headers["Upload-Offset"] = current.encode()
     if not _disarm(hostile.method, headers, path, known):
         return None
     request = http.build_request(
@@ -434,12 +489,13 @@ async def _send(
             del request.headers[name]
     response = await http.send(request)
     effective = _effective_method(request)
-    event(f"{effective[:10]} -> {response.status_code}")
+    if currently_in_test_context():
+        event(f"{effective[:10]} -> {response.status_code}")
     context = _describe(request, response)
     assert response.status_code < 500, context
     if hostile.method == "HEAD":
         assert response.content == b"", context
-    if response.status_code >= 400 and effective != "HEAD":
+    if response.status_code >= 400 and "HEAD" not in (hostile.method, effective):  # httpx drops HEAD bodies
         assert response.headers.get("Content-Type", "").startswith("text/plain"), context
         assert 0 < len(response.content) < MAX_ERROR_BODY, context
         assert b"Traceback" not in response.content, context
@@ -450,6 +506,8 @@ async def _send(
     return response
 
 
+# A failure is shrunk for up to 5 minutes (hypothesis's limit): leave room to see its report.
+@pytest.mark.timeout(600)
 @FAST
 @given(requests=st.lists(hostile_requests(), min_size=1, max_size=10))
 def test_hostile_requests_never_5xx_and_never_touch_existing_uploads(
@@ -458,11 +516,17 @@ def test_hostile_requests_never_5xx_and_never_touch_existing_uploads(
     """Random methods, paths, headers and bodies: no 5xx, errors are short text, and every upload that
     existed before keeps its state and bytes (known uploads are never DELETEd nor PATCHed at their
     real offset, see `_disarm`, so nothing valid may happen to them)."""
+    _run(settings, requests)
+
+
+def _run(settings: Settings, requests: Sequence[Hostile]) -> None:
+    """One example: a fresh app on the test's database, known uploads, the requests, the checks."""
 
     async def run() -> None:
         async with app_client(settings) as http:
             known = await _create_known(http)
-            fresh: list[str] = []
+            # Uploads the requests may change or delete at will; uploads created by POSTs join them.
+            fresh = [await _post(http, headers) for headers in SACRIFICIAL]
             for hostile in requests:
                 await _send(http, hostile, known, fresh)
             for upload in known:
@@ -472,13 +536,53 @@ def test_hostile_requests_never_5xx_and_never_touch_existing_uploads(
     asyncio.run(run())
 
 
+def _replay(method: str, target: Target, body: bytes = b"", **headers: bytes | None) -> Hostile:
+    return Hostile(
+        method, target, tuple((name.replace("_", "-"), value) for name, value in headers.items()), body
+    )
+
+
+COLLECTION = Target("collection", path=BASE)
+VALID_PATCH: dict[str, bytes | None] = {"Upload_Offset": b"{offset}", "Content_Type": OCTETS}
+# Requests that broke the server once, replayed on every run: the random search above meets them
+# only now and then. Superscript digits are latin-1 characters that str.isdigit() accepts and int()
+# refuses; the others were found by the property (minimal forms).
+REPLAYED = {
+    "content-length-superscript-post": _replay(
+        "POST", COLLECTION, b"abcde", Upload_Length=b"5", Content_Type=OCTETS, Content_Length=b"\xb2"
+    ),
+    "content-length-superscript-patch": _replay(
+        "PATCH", Target("fresh", 0), b"abcde", **VALID_PATCH, Content_Length=b"1\xb3"
+    ),
+    "upload-offset-superscript": _replay(
+        "PATCH", Target("fresh", 0), b"abcde", **{**VALID_PATCH, "Upload_Offset": b"\xb2"}
+    ),
+    "upload-length-superscript-post": _replay("POST", COLLECTION, Upload_Length=b"\xb9\xb2"),
+    "upload-length-superscript-patch": _replay(
+        "PATCH", Target("fresh", 1), b"abcde", **VALID_PATCH, Upload_Length=b"\xb9\xb2"
+    ),
+    "range-superscript-start": _replay("GET", Target("known", 2), Range=b"bytes=\xb2-"),
+    "range-superscript-end": _replay("GET", Target("known", 2), Range=b"bytes=0-\xb9"),
+    "range-superscript-suffix": _replay("GET", Target("known", 2), Range=b"bytes=-\xb3"),
+    "concat-final-bad-ipv6-url": _replay("POST", COLLECTION, Upload_Concat=b"final;http://[::1"),
+    "concat-final-bad-ipv6-url-after-good": _replay("POST", COLLECTION, Upload_Concat=b"final;{u5} http://["),
+    "empty-host": _replay("POST", COLLECTION, Upload_Length=b"0", Host=b""),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REPLAYED))
+def test_replayed_hostile_request_is_not_a_server_error(settings: Settings, name: str) -> None:
+    """The same checks as the property, on one request that once got a 500."""
+    _run(settings, [REPLAYED[name]])
+
+
 # --- the append path, model-based ------------------------------------------------------------------
 
 # A step: a chunk, and the shift of a stale PATCH sent before it at a wrong offset (0: none).
 _STEPS = st.lists(st.tuples(st.binary(max_size=40), st.sampled_from([0, 0, -1, 1, 5, 2**62])), max_size=8)
 
 
-@FAST
+@MODEL
 @given(steps=_STEPS, mode=st.sampled_from(["length", "deferred", "creation-with-upload"]))
 def test_valid_patch_sequences_store_exactly_what_was_sent(
     settings: Settings, steps: list[tuple[bytes, int]], mode: str
@@ -522,7 +626,7 @@ def test_valid_patch_sequences_store_exactly_what_was_sent(
 def test_disarm_never_lets_a_request_append_to_or_delete_a_known_upload() -> None:
     """The guard the hostile property relies on: the real offset is never sent, DELETE never is."""
     known = [Known(BASE + "a" * 32, b"12345", ())]
-    for value in (b"5", b"05", b" 5", b"+5", b"5.0", b"\xb5", "٥".encode()):
+    for value in (b"5", b"05", b" 5", b"+5", b"5.0", b"\xb5", "\u0665".encode()):
         headers: dict[str, bytes | None] = {"Upload-Offset": value}
         assert _disarm("PATCH", headers, known[0].path + "/x/..", known)
         sent = headers["Upload-Offset"]

@@ -18,6 +18,7 @@ from tusserver.errors import MethodNotAllowed, OffsetMismatch, TooLarge, UploadN
 from tusserver.protocol import (
     CACHE_CONTROL,
     CHECKSUM_ALGORITHMS,
+    CONTENT_LENGTH,
     CONTENT_TYPE,
     EXTENSIONS,
     LOCATION,
@@ -163,9 +164,18 @@ def _metadata(request: Request) -> str | None:
 
 
 def _public_base(request: Request) -> str:
-    host = request.headers.get("host") or f"{request.url.hostname}:{request.url.port}"
+    host = request.headers.get("host") or _server_address(request)
     root_path = request.scope.get("root_path", "")
     return public_base(request.url.scheme, host, root_path, request.headers, _settings(request).behind_proxy)
+
+
+def _server_address(request: Request) -> str:
+    """host[:port] of the listening socket, for a request that came without a Host header."""
+    server = request.scope.get("server")
+    if not server:
+        return "localhost"
+    host, port = server
+    return f"{host}:{port}" if port else str(host)
 
 
 def _progress_headers(upload: Upload) -> dict[str, str]:
@@ -196,8 +206,7 @@ def _has_body(request: Request) -> bool:
 
 
 def _body(request: Request) -> Body:
-    length = request.headers.get("content-length")
-    content_length = int(length) if length and length.strip().isdigit() else None
+    content_length = parse_size(request.headers.get(CONTENT_LENGTH), CONTENT_LENGTH)
     if content_length is None and not _has_body(request):
         content_length = 0
     return Body(RequestBody(request.receive), content_length, request.headers.get(UPLOAD_CHECKSUM))

@@ -212,7 +212,10 @@ def parse_concat(value: str | None) -> Concat | None:
 
 def _upload_id_of(url: str) -> str:
     """The last path segment of an upload URL; IDs are checked against the ID pattern later."""
-    path = urlsplit(url).path.rstrip("/")
+    try:
+        path = urlsplit(url).path.rstrip("/")
+    except ValueError:  # e.g. "http://[::1" (an unclosed IPv6 literal)
+        raise BadRequest(f"invalid {UPLOAD_CONCAT}: {url[:80]!r} is not a URL") from None
     upload_id = path.rsplit("/", 1)[-1]
     if not upload_id:
         raise BadRequest(f"invalid {UPLOAD_CONCAT}: {url[:80]!r} is not an upload URL")
