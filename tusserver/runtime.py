@@ -18,9 +18,10 @@ from tusserver.database import make_engine, migrate
 from tusserver.expiry import ExpirySweeper
 from tusserver.hooks import CallableHook, HookRunner, WebhookHook, load_callable
 from tusserver.locking import UploadLocks, instance_name
+from tusserver.policy import Policy
 from tusserver.storage import LocalStorage
 from tusserver.store import SqlUploadStore
-from tusserver.uploads import Policy, UploadService
+from tusserver.uploads import UploadService
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,9 @@ is the single source of truth and anything stored beyond it is debris that the n
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import time
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
 from typing import Protocol
 
 from tusserver.bodies import LimitedBody
@@ -24,36 +21,19 @@ from tusserver.errors import (
     ChecksumMismatch,
     Forbidden,
     OffsetMismatch,
-    ServiceUnavailable,
     TooLarge,
-    TusError,
     UploadGone,
     UploadLocked,
     UploadNotFound,
 )
 from tusserver.hooks import HookRunner
 from tusserver.locking import Lease, UploadLocks
-from tusserver.protocol import UPLOAD_OFFSET, Checksum, Concat, metadata_text, parse_checksum
+from tusserver.policy import Policy
+from tusserver.protocol import UPLOAD_OFFSET, Concat, metadata_text, parse_checksum
 from tusserver.store import SqlUploadStore
+from tusserver.writing import Progress, guarded, hashed, interrupted, verify
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Policy:
-    """Limits and lifetimes that apply to every upload."""
-
-    max_size: int | None = None
-    expire_after: timedelta | None = timedelta(hours=24)
-    """Lifetime of an unfinished upload, renewed by each append; None: never expires."""
-    retain_finished: timedelta | None = None
-    """Lifetime of a finished upload; None: kept until deleted."""
-    commit_every: float = 2.0
-    """Seconds between offset commits while one long request streams (what a crash can lose)."""
-
-    def expires_at(self, upload: Upload, now: datetime) -> datetime | None:
-        lifetime = self.retain_finished if upload.completed_at else self.expire_after
-        return None if lifetime is None else now + lifetime
 
 
 @dataclass(frozen=True)
@@ -248,21 +228,23 @@ class UploadService:
         lease.on_stop.append(body.stream.interrupt)
         if lease.stopping:
             body.stream.interrupt()
-        stream = _guarded(body.stream, lease)
+        stream = guarded(body.stream, lease)
         hasher = checksum.hasher() if checksum else None
         if hasher is not None:
-            stream = _hashed(stream, hasher)
+            stream = hashed(stream, hasher)
         limited = LimitedBody(stream, room)
         # With a checksum nothing may count before the whole body is verified (K-6): no checkpoints.
-        progress = Progress(self, lease, upload, None if checksum else self.policy.commit_every)
+        progress = Progress(
+            self.store, self.policy, lease, upload, None if checksum else self.policy.commit_every
+        )
         written = await self.storage.write(upload, limited, progress)
         if checksum is not None and hasher is not None:
-            _verify(checksum, hasher, body.stream.disconnected, limited.exceeded)
+            verify(checksum, hasher, body.stream.disconnected, limited.exceeded)
         committed = await self._commit(lease, upload, written, progress.committed)
         if limited.exceeded:
             raise TooLarge(f"body exceeds the {room} bytes left; {written} bytes were stored")
         if lease.stopping and not body.stream.disconnected:
-            raise _interrupted(lease, committed)
+            raise interrupted(lease, committed)
         return committed
 
     async def _commit(self, lease: Lease, upload: Upload, written: int, old_offset: int) -> Upload:
@@ -294,69 +276,7 @@ class UploadService:
         self.hooks.finished(event)
 
 
-class Progress:
-    """A `Checkpoint` that commits the offset every `every` seconds while a long body streams, so a
-    crash loses at most that much of what was received (None: never, until the end)."""
-
-    def __init__(self, service: UploadService, lease: Lease, upload: Upload, every: float | None) -> None:
-        self._service = service
-        self._lease = lease
-        self._upload = upload
-        self._every = every
-        self._next = time.monotonic() + (every or 0)
-        self.committed = upload.offset
-
-    def due(self) -> bool:
-        return self._every is not None and time.monotonic() >= self._next
-
-    async def reached(self, written: int) -> None:
-        self._next = time.monotonic() + (self._every or 0)
-        now = utcnow()
-        upload = replace(self._upload, offset=self._upload.offset + written, updated_at=now)
-        if upload.is_complete:
-            return  # finishing belongs to the final commit
-        upload = replace(upload, expires_at=self._service.policy.expires_at(upload, now))
-        self._lease.check()
-        store = self._service.store
-        if await store.commit(upload, self._lease.owner, self.committed, release=False) is None:
-            self._lease.lost = True
-            self._lease.check()
-        self.committed = upload.offset
-
-
 def _alive(upload: Upload) -> Upload:
     if upload.expires_at is not None and upload.expires_at <= utcnow():
         raise UploadGone("upload expired")
     return upload
-
-
-def _verify(checksum: Checksum, hasher: hashlib._Hash, disconnected: bool, exceeded: bool) -> None:
-    """A checksummed body counts only if it arrived whole and matches (K-5, K-6)."""
-    if exceeded:
-        raise TooLarge("body exceeds the upload's length; nothing was stored")
-    if disconnected:
-        raise BadRequest("body incomplete; with Upload-Checksum nothing was stored")
-    if hasher.digest() != checksum.digest:
-        raise ChecksumMismatch(f"{checksum.algorithm} checksum mismatch; nothing was stored")
-
-
-def _interrupted(lease: Lease, upload: Upload) -> TusError:
-    offset = {UPLOAD_OFFSET: str(upload.offset)}
-    if lease.shutting_down:
-        message = f"server shutting down; {upload.offset} bytes are stored, resume elsewhere"
-        return ServiceUnavailable(message, {**offset, "Retry-After": "1"})
-    return OffsetMismatch(f"another request took over this upload; resume at {upload.offset}", offset)
-
-
-async def _guarded(chunks: AsyncIterable[bytes], lease: Lease) -> AsyncIterator[bytes]:
-    """Stop the stream as soon as the lease is lost, before another byte reaches storage."""
-    async for chunk in chunks:
-        lease.check()
-        yield chunk
-
-
-async def _hashed(chunks: AsyncIterator[bytes], hasher: hashlib._Hash) -> AsyncIterator[bytes]:
-    """Feed the checksum while the body streams: no chunk is held back for it."""
-    async for chunk in chunks:
-        hasher.update(chunk)
-        yield chunk
