@@ -1,8 +1,9 @@
 """`create_app(settings)`: the Starlette application, its routes, error mapping and lifespan.
 
-The lifespan builds everything a request needs (engine and migrations, storage, locks, hooks) and
-tears it down; `TusMiddleware` applies the protocol-wide rules; `TusError` becomes a short
-`text/plain` response here and nowhere else.
+The lifespan starts what `runtime.running` assembles (engine and migrations, storage, locks, hooks,
+the upload service) plus the expiry sweeper, and tears them down; `CorsMiddleware` and
+`TusMiddleware` apply the rules that hold for every request; `TusError` becomes a short `text/plain`
+response here and nowhere else. `app_from_env` is the factory uvicorn workers load.
 """
 
 from __future__ import annotations

@@ -50,10 +50,6 @@ class Upload:
     """Backend-owned state (e.g. an S3 multipart upload ID); opaque to everything but the backend."""
 
     @property
-    def is_deferred(self) -> bool:
-        return self.length is None
-
-    @property
     def is_complete(self) -> bool:
         return self.length is not None and self.offset == self.length
 

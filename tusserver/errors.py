@@ -2,7 +2,7 @@
 
 Every failure a client can cause is a `TusError` subclass that carries the HTTP status it implies and a
 short text naming the problem. Nothing here knows about Starlette: `app.py` maps these to responses in
-one place. Extra response headers (the current `Upload-Offset` on a 409, `Tus-Version` on a 412) travel
+one place. Extra response headers (the current `Upload-Offset` on a 409, `Retry-After` on a 503) travel
 with the error.
 """
 
@@ -60,12 +60,6 @@ class UploadGone(TusError):
     """The upload existed but has expired or was terminated (410)."""
 
     status = 410
-
-
-class UnsupportedVersion(TusError):
-    """The request's `Tus-Resumable` is missing or names a version this server does not speak (412)."""
-
-    status = 412
 
 
 class TooLarge(TusError):
