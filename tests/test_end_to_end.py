@@ -250,3 +250,19 @@ def test_disconnect_with_checksum_keeps_nothing_k6(server: ServerProcess) -> Non
     checksum = "Upload-Checksum: sha1 " + base64.b64encode(hashlib.sha1(b"x" * 100).digest()).decode()
     send_partial_patch(server, created.headers["Location"], 100, b"x" * 50, checksum)
     assert wait_for_unlocked_offset(server, created.headers["Location"]) == 0
+
+
+def test_headers_are_judged_before_100_continue_cu8(server: ServerProcess) -> None:
+    """A client sending `Expect: 100-continue` learns of a 409/413 before it sends the body."""
+    created = httpx.post(server.url, headers={"Tus-Resumable": "1.0.0", "Upload-Length": "10"})
+    path = httpx.URL(created.headers["Location"]).path
+    for offset, length, expected in (("5", "5", "409"), ("0", "11", "413")):
+        head = (
+            f"PATCH {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nTus-Resumable: 1.0.0\r\n"
+            f"Upload-Offset: {offset}\r\nContent-Type: application/offset+octet-stream\r\n"
+            f"Content-Length: {length}\r\nExpect: 100-continue\r\n\r\n"
+        )
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as connection:
+            connection.sendall(head.encode())  # and no body: we wait for permission
+            answer = connection.recv(4096).decode("latin-1")
+        assert answer.startswith(f"HTTP/1.1 {expected}"), answer
