@@ -124,3 +124,14 @@ async def test_finish_hook_fires_for_the_final_only(tmp_path: Path, database_url
     final_id = response.headers["Location"].rsplit("/", 1)[1]
     assert [event.upload.id for event in hook_recorder.events] == [final_id]
     assert Path(hook_recorder.events[0].storage["path"]).read_bytes() == b"1234"
+
+
+async def test_deleting_a_partial_leaves_the_final_intact_t7(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    first, second = await partial(client, b"left-"), await partial(client, b"right")
+    path = httpx.URL((await final(client, f"final;{first} {second}")).headers["Location"]).path
+    assert (await client.delete(first)).status_code == 204
+    assert (await client.delete(second)).status_code == 204
+    assert stored_bytes(settings.data_dir, path) == b"left-right"
+    assert (await client.get(path)).content == b"left-right"
