@@ -118,3 +118,38 @@ def test_kill_during_a_long_patch_loses_at_most_the_last_seconds(tmp_path: Path,
         )
     finally:
         server.stop()
+
+
+def test_takeover_across_processes(tmp_path: Path, database_url: str) -> None:
+    """A PATCH stalled on process A; the client comes back on process B (sharing the database and
+    the data directory): B's HEAD gets A to commit and let go, and B's PATCH finishes the upload."""
+    data_dir = tmp_path / "data"
+    first, second = ServerProcess(data_dir, database_url), ServerProcess(data_dir, database_url)
+    first.start()
+    second.start()
+    try:
+        created = httpx.post(first.url, headers={**TUS, "Upload-Length": str(2 * MiB)})
+        path = httpx.URL(created.headers["Location"]).path
+        head = (
+            f"PATCH {path} HTTP/1.1\r\nHost: 127.0.0.1:{first.port}\r\nTus-Resumable: 1.0.0\r\n"
+            "Upload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\n"
+            f"Content-Length: {2 * MiB}\r\n\r\n"
+        )
+        with socket.create_connection(("127.0.0.1", first.port)) as stalled:
+            stalled.sendall(head.encode() + b"a" * MiB)
+            time.sleep(0.5)
+            started = time.monotonic()
+            status = httpx.head(f"http://127.0.0.1:{second.port}{path}", headers=TUS, timeout=30)
+            took = time.monotonic() - started
+            assert status.headers["Upload-Offset"] == str(MiB)
+            rest = httpx.patch(
+                f"http://127.0.0.1:{second.port}{path}",
+                content=b"b" * MiB,
+                headers={**TUS, "Upload-Offset": str(MiB), "Content-Type": "application/offset+octet-stream"},
+            )
+            assert rest.status_code == 204
+        assert took < 3.0  # the holder noticed within about a second, no lock timeout
+        assert stored_file(data_dir, path).read_bytes() == b"a" * MiB + b"b" * MiB
+    finally:
+        first.stop()
+        second.stop()
