@@ -472,15 +472,19 @@ def format_table(results: list[Result], hwm_kib: int) -> str:
     overall = max((r.peak_rss_kib for r in results), default=0)
     peaks = f"{overall / 1024:.1f} / {hwm_kib / 1024:.1f}"
     rows.append(("overall (sampled peak / VmHWM)", "", "", "", "", peaks, ""))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return aligned(rows)
+
+
+def aligned(rows: Sequence[tuple[str, ...]]) -> str:
+    """Aligned columns (first left, others right), a rule under the header row."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [
         "  ".join(
             c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        )
+        ).rstrip()
         for row in rows
     ]
-    lines = [line.rstrip() for line in lines]
-    lines.insert(1, "-" * len(lines[0]))
+    lines.insert(1, "-" * max(len(line) for line in lines))
     return "\n".join(lines)
 
 

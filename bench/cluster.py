@@ -270,16 +270,7 @@ def format_table(outcomes: list[Outcome], plan: single.Plan) -> str:
     for label, picked in (("b", [o.uploads for o in outcomes]), ("c", [o.cycles for o in outcomes])):
         cpu = [" / ".join(f"{c:.0f}" for c in m.cpu_pct) for m in picked]
         rows.append((f"{label}) CPU% instances / nginx / client", *cpu, ""))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = [
-        "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in rows
-    ]
-    lines = [line.rstrip() for line in lines]
-    lines.insert(1, "-" * max(len(line) for line in lines))
-    return "\n".join(lines)
+    return single.aligned(rows)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
