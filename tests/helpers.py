@@ -61,3 +61,17 @@ def random_file(path: Path, size: int) -> Path:
 def stored_file(data_dir: Path, upload_url: str) -> Path:
     """Where the local storage keeps an upload's bytes, from its URL or path."""
     return data_dir / "uploads" / upload_url.rstrip("/").rsplit("/", 1)[1]
+
+
+def raw_patch_head(port: int, path: str, offset: int, length: int, *extra: str) -> bytes:
+    """The head of a PATCH for a raw socket (tests that stall, drop or half-send a body)."""
+    lines = [
+        f"PATCH {path} HTTP/1.1",
+        f"Host: 127.0.0.1:{port}",
+        "Tus-Resumable: 1.0.0",
+        f"Upload-Offset: {offset}",
+        "Content-Type: application/offset+octet-stream",
+        f"Content-Length: {length}",
+        *extra,
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()

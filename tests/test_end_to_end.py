@@ -22,7 +22,7 @@ from tusclient import client as tus
 from tusclient.exceptions import TusCommunicationError, TusUploadFailed
 from tusclient.uploader.uploader import Uploader
 
-from tests.helpers import MiB, random_file, sha256_file, stored_file
+from tests.helpers import MiB, random_file, raw_patch_head, sha256_file, stored_file
 from tests.netfaults import CuttingProxy
 from tests.servers import ServerProcess
 from tests.test_hooks import WebhookReceiver
@@ -39,8 +39,11 @@ def url_of(upload: Uploader) -> str:
 
 
 def server_offset(server: ServerProcess, upload_url: str) -> int:
+    """HEAD straight to `server`. After a kill -9 it may wait out the dead process's lease (up to
+    --lock-ttl) before it answers, hence the long timeout."""
     path = httpx.URL(upload_url).path
-    response = httpx.head(server.url.removesuffix("/files/") + path, headers={"Tus-Resumable": "1.0.0"})
+    url = server.url.removesuffix("/files/") + path
+    response = httpx.head(url, headers={"Tus-Resumable": "1.0.0"}, timeout=30)
     assert response.status_code == 200
     return int(response.headers["Upload-Offset"])
 
@@ -206,20 +209,9 @@ def send_partial_patch(
     server: ServerProcess, upload_url: str, declared: int, sent: bytes, *headers: str
 ) -> None:
     """A PATCH that announces `declared` bytes, sends `sent`, then drops the connection."""
-    path = httpx.URL(upload_url).path
-    head = "\r\n".join(
-        [
-            f"PATCH {path} HTTP/1.1",
-            f"Host: 127.0.0.1:{server.port}",
-            "Tus-Resumable: 1.0.0",
-            "Upload-Offset: 0",
-            "Content-Type: application/offset+octet-stream",
-            f"Content-Length: {declared}",
-            *headers,
-        ]
-    )
+    head = raw_patch_head(server.port, httpx.URL(upload_url).path, 0, declared, *headers)
     with socket.create_connection(("127.0.0.1", server.port)) as connection:
-        connection.sendall(head.encode() + b"\r\n\r\n" + sent)
+        connection.sendall(head + sent)
         time.sleep(0.3)  # let the server take the bytes in before the connection goes
 
 
@@ -256,13 +248,9 @@ def test_headers_are_judged_before_100_continue_cu8(server: ServerProcess) -> No
     """A client sending `Expect: 100-continue` learns of a 409/413 before it sends the body."""
     created = httpx.post(server.url, headers={"Tus-Resumable": "1.0.0", "Upload-Length": "10"})
     path = httpx.URL(created.headers["Location"]).path
-    for offset, length, expected in (("5", "5", "409"), ("0", "11", "413")):
-        head = (
-            f"PATCH {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nTus-Resumable: 1.0.0\r\n"
-            f"Upload-Offset: {offset}\r\nContent-Type: application/offset+octet-stream\r\n"
-            f"Content-Length: {length}\r\nExpect: 100-continue\r\n\r\n"
-        )
+    for offset, length, expected in ((5, 5, "409"), (0, 11, "413")):
+        head = raw_patch_head(server.port, path, offset, length, "Expect: 100-continue")
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as connection:
-            connection.sendall(head.encode())  # and no body: we wait for permission
+            connection.sendall(head)  # and no body: we wait for permission
             answer = connection.recv(4096).decode("latin-1")
         assert answer.startswith(f"HTTP/1.1 {expected}"), answer

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers import MiB, random_file, sha256_file, stored_file
+from tests.helpers import MiB, random_file, raw_patch_head, sha256_file, stored_file
 from tests.servers import ServerProcess
 from tests.test_end_to_end import uploader, url_of
 
@@ -49,13 +49,9 @@ def test_sigterm_commits_in_flight_bytes_and_releases_the_lock(tmp_path: Path, d
     server.start()
     created = httpx.post(server.url, headers={**TUS, "Upload-Length": str(4 * MiB)})
     url = created.headers["Location"]
-    head = (
-        f"PATCH {httpx.URL(url).path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nTus-Resumable: 1.0.0\r\n"
-        "Upload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\n"
-        f"Content-Length: {4 * MiB}\r\n\r\n"
-    )
+    head = raw_patch_head(server.port, httpx.URL(url).path, 0, 4 * MiB)
     with socket.create_connection(("127.0.0.1", server.port)) as connection:
-        connection.sendall(head.encode() + b"z" * MiB)  # a quarter of the body, then silence
+        connection.sendall(head + b"z" * MiB)  # a quarter of the body, then silence
         time.sleep(0.5)
         assert server.process is not None
         started = time.monotonic()
@@ -92,15 +88,11 @@ def test_kill_during_a_long_patch_loses_at_most_the_last_seconds(tmp_path: Path,
     total = 64 * MiB
     created = httpx.post(server.url, headers={**TUS, "Upload-Length": str(total)})
     url = created.headers["Location"]
-    head = (
-        f"PATCH {httpx.URL(url).path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nTus-Resumable: 1.0.0\r\n"
-        "Upload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\n"
-        f"Content-Length: {total}\r\n\r\n"
-    )
+    head = raw_patch_head(server.port, httpx.URL(url).path, 0, total)
     piece = bytes(range(256)) * 1024  # 256 KiB
     sent = 0
     with socket.create_connection(("127.0.0.1", server.port)) as connection:
-        connection.sendall(head.encode())
+        connection.sendall(head)
         deadline = time.monotonic() + 3
         while time.monotonic() < deadline:  # a slow, steady client: about 2.5 MiB/s
             connection.sendall(piece)
@@ -130,13 +122,9 @@ def test_takeover_across_processes(tmp_path: Path, database_url: str) -> None:
     try:
         created = httpx.post(first.url, headers={**TUS, "Upload-Length": str(2 * MiB)})
         path = httpx.URL(created.headers["Location"]).path
-        head = (
-            f"PATCH {path} HTTP/1.1\r\nHost: 127.0.0.1:{first.port}\r\nTus-Resumable: 1.0.0\r\n"
-            "Upload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\n"
-            f"Content-Length: {2 * MiB}\r\n\r\n"
-        )
+        head = raw_patch_head(first.port, path, 0, 2 * MiB)
         with socket.create_connection(("127.0.0.1", first.port)) as stalled:
-            stalled.sendall(head.encode() + b"a" * MiB)
+            stalled.sendall(head + b"a" * MiB)
             time.sleep(0.5)
             started = time.monotonic()
             status = httpx.head(f"http://127.0.0.1:{second.port}{path}", headers=TUS, timeout=30)

@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from tests.balancer import Balancer
-from tests.helpers import MiB, random_file, sha256_file, stored_file
+from tests.helpers import MiB, random_file, raw_patch_head, sha256_file, stored_file
 from tests.pgcluster import PostgresCluster
 from tests.servers import ServerProcess
 from tests.test_end_to_end import uploader, url_of
@@ -116,12 +116,7 @@ def test_bodies_above_the_proxy_limit_are_refused_by_nginx(deployment: Deploymen
 def stalled_patch(balancer: Balancer, url: str, total: int, sent: bytes) -> socket.socket:
     """A PATCH whose client went silent after `sent`, connection left open (server side stays open)."""
     connection = socket.create_connection(("127.0.0.1", balancer.port))
-    head = (
-        f"PATCH {httpx.URL(url).path} HTTP/1.1\r\nHost: 127.0.0.1:{balancer.port}\r\nTus-Resumable: 1.0.0\r\n"
-        "Upload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\n"
-        f"Content-Length: {total}\r\n\r\n"
-    )
-    connection.sendall(head.encode() + sent)
+    connection.sendall(raw_patch_head(balancer.port, httpx.URL(url).path, 0, total) + sent)
     return connection
 
 
