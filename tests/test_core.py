@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -169,9 +171,31 @@ async def test_chunked_body_beyond_length_stores_exactly_the_length_s1(
 
     headers = {"Content-Type": "application/offset+octet-stream", "Upload-Offset": "0"}
     response = await client.patch(path, content=chunks(), headers=headers)
-    assert response.status_code == 413
+    # as tusd: the bytes up to the length count and the answer says so; the upload never completes
+    # while the answer is an error (issue 7 point 10)
+    assert (response.status_code, response.headers["Upload-Offset"]) == (204, "5")
     assert await offset_of(client, path) == 5
     assert stored_bytes(settings.data_dir, path) == b"01234"
+
+
+async def test_chunked_checksummed_body_beyond_length_stores_nothing(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    path = await create(client, 5)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"0123"
+        yield b"456789"
+
+    digest = base64.b64encode(hashlib.sha1(b"0123456789").digest()).decode()
+    headers = {
+        "Content-Type": "application/offset+octet-stream",
+        "Upload-Offset": "0",
+        "Upload-Checksum": f"sha1 {digest}",
+    }
+    response = await client.patch(path, content=chunks(), headers=headers)
+    assert response.status_code == 413
+    assert await offset_of(client, path) == 0
 
 
 async def test_empty_patch_keeps_offset_c_p10(client: httpx.AsyncClient) -> None:

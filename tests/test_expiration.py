@@ -102,8 +102,8 @@ async def test_concurrent_sweepers_delete_each_upload_once_and_spare_locked_ones
     ids = [path.rsplit("/", 1)[1] for path in paths]
     await asyncio.sleep(0.3)
     async with running(settings) as first, running(settings) as second:
-        store = first.service.store
-        busy = await store.acquire(ids[0], "writer-elsewhere", utcnow(), utcnow() + timedelta(seconds=30))
+        store = first.service.records
+        busy = await store.acquire(ids[0], "writer-elsewhere", ttl=30)
         assert busy is not None  # a request is writing this one: it must survive
         before = set(await store.expired_ids(utcnow(), 10_000))  # a shared database may hold others
         counts = await asyncio.gather(first.sweeper.sweep(), second.sweeper.sweep(), first.sweeper.sweep())

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -17,9 +17,8 @@ import pytest
 from tests.conftest import app_client
 from tests.helpers import create, offset_of, stored_bytes
 from tusserver import Settings
-from tusserver.core import utcnow
 from tusserver.database import make_engine
-from tusserver.store import SqlUploadStore
+from tusserver.records import UploadRecords
 
 pytestmark = pytest.mark.anyio
 OCTETS = {"Content-Type": "application/offset+octet-stream"}
@@ -89,8 +88,8 @@ async def test_request_gets_423_when_the_holder_does_not_let_go(tmp_path: Path, 
         upload_id = path.rsplit("/", 1)[1]
         engine = make_engine(database_url)
         try:  # a holder elsewhere that neither renews nor answers release requests (hung host)
-            store = SqlUploadStore(engine)
-            held = await store.acquire(upload_id, "hung-host:1:x", utcnow(), utcnow() + timedelta(seconds=30))
+            store = UploadRecords(engine)
+            held = await store.acquire(upload_id, "hung-host:1:x", ttl=30)
             assert held is not None
             blocked = await client.patch(path, content=b"y" * 10, headers={**OCTETS, "Upload-Offset": "0"})
             assert blocked.status_code == 423
@@ -107,8 +106,8 @@ async def test_a_lease_left_by_a_dead_process_expires(tmp_path: Path, database_u
         upload_id = path.rsplit("/", 1)[1]
         engine = make_engine(database_url)
         try:  # a process that took the lease and died: lease runs out one second from now
-            store = SqlUploadStore(engine)
-            taken = await store.acquire(upload_id, "dead-host:1:x", utcnow(), utcnow() + timedelta(seconds=1))
+            store = UploadRecords(engine)
+            taken = await store.acquire(upload_id, "dead-host:1:x", ttl=1)
             assert taken is not None
         finally:
             await engine.dispose()
@@ -122,17 +121,13 @@ async def test_commit_by_a_writer_that_lost_its_lease_is_refused(database_url: s
         upload_id = (await create(client, 3)).rsplit("/", 1)[1]
     engine = make_engine(database_url)
     try:
-        store = SqlUploadStore(engine)
-        soon = utcnow() + timedelta(seconds=30)
-        first = await store.acquire(upload_id, "owner-1", utcnow(), utcnow() - timedelta(seconds=1))
+        store = UploadRecords(engine)
+        first = await store.acquire(upload_id, "owner-1", ttl=-1)
         assert first is not None  # owner-1's lease is already expired...
-        second = await store.acquire(upload_id, "owner-2", utcnow(), soon)
+        second = await store.acquire(upload_id, "owner-2", ttl=30)
         assert second is not None  # ...so owner-2 takes over
-        from dataclasses import replace
-
         assert await store.commit(replace(first, offset=3), "owner-1", 0, release=True) is None
-        held, _ = await store.renew(upload_id, "owner-1", soon)
-        assert not held
+        assert await store.renew(["owner-1", "owner-2"], ttl=30) == {"owner-2": False}
         assert await store.commit(replace(second, offset=2), "owner-2", 0, release=True) is not None
         assert (await store.get(upload_id)).offset == 2
     finally:

@@ -22,6 +22,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from tusserver import handlers
+from tusserver.allocator import tune_malloc
 from tusserver.config import Settings
 from tusserver.cors import CorsMiddleware
 from tusserver.errors import TusError
@@ -42,6 +43,7 @@ def app_from_env() -> Starlette:
 def create_app(settings: Settings | None = None, stop_on_signals: bool = False) -> Starlette:
     """The tus server as an ASGI application; `uvicorn` (or any ASGI server) runs it."""
     settings = settings or Settings()
+    tune_malloc()  # every process that serves, workers and embedders too (allocator.py)
     hooks = build_hooks(settings)  # fail at start-up, not at the first finished upload
     base = settings.base_path
     routes = [

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
-import ctypes.util
 import logging
 import os
 import sys
@@ -17,6 +15,7 @@ from collections.abc import Sequence
 
 import uvicorn
 
+from tusserver.allocator import export_to_children, tune_malloc
 from tusserver.app import create_app
 from tusserver.config import ENV_PREFIX, Settings
 from tusserver.database import downgrade, make_engine, migrate
@@ -44,6 +43,8 @@ _SERVE_FLAGS: list[tuple[str, str | None, str]] = [
     ("max-metadata-size", "BYTES", "largest Upload-Metadata header accepted (default 16K)"),
     ("fsync", None, "fsync bytes before committing offsets: survives power loss, costs throughput"),
     ("commit-interval", "SECONDS", "commit progress this often during a long PATCH (default 2)"),
+    ("network-timeout", "SECONDS", "end a PATCH whose body sends nothing this long, keeping its bytes (60)"),
+    ("min-free-space", "SIZE", "free space kept on the data disk: 512M, 1%% or auto = 1%%, >= 64M (auto)"),
     ("workers", "N", "server processes on this host (default 1)"),
     ("shutdown-timeout", "SECONDS", "on SIGTERM, time given to in-flight requests (default 10)"),
     ("lock-timeout", "SECONDS", "wait for another request on the same upload before 423 (default 10)"),
@@ -142,7 +143,8 @@ async def _migrate(settings: Settings, revision: str, down: bool) -> None:
 def serve(settings: Settings) -> int:
     """Run uvicorn on the app factory; with several workers each process rebuilds the same settings
     from the environment this writes."""
-    _tune_malloc()
+    export_to_children()  # before uvicorn spawns workers: their glibc reads it at start-up
+    tune_malloc()
     try:
         create_app(settings)  # fail here, with a clear message, on a bad hook or database URL
     except ValueError as exc:
@@ -161,18 +163,3 @@ def serve(settings: Settings) -> int:
         timeout_graceful_shutdown=int(settings.shutdown_timeout),
     )
     return 0
-
-
-def _tune_malloc() -> None:
-    """Keep glibc from mapping and unmapping every ~256 KiB body chunk (about 2x throughput)."""
-    libc_name = ctypes.util.find_library("c")
-    if not libc_name or not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(libc_name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    mallopt(m_mmap_threshold, 4 * 1024 * 1024)
-    mallopt(m_trim_threshold, 128 * 1024 * 1024)

@@ -82,6 +82,11 @@ class Settings:
     """URL prefix a proxy strips before forwarding (e.g. `/uploads`); it is put back into upload URLs."""
     max_metadata_size: int = 16 * 1024
     """Largest `Upload-Metadata` header accepted, in bytes (413 beyond it)."""
+    network_timeout: float = 60.0
+    """Seconds a request body may send nothing before what arrived is committed and the request ends."""
+    min_free_space: str = "auto"
+    """Free space kept on the data directory's file system: bytes (`512M`), a share (`1%`), or `auto`
+    (1 %, at least 64 MiB). New bytes beyond it get 507, so the database and DELETE keep working."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "base_path", normalize_base_path(self.base_path))
@@ -160,6 +165,15 @@ def _optional_duration(text: str) -> float | None:
     return None if text.strip().lower() in _NONE else parse_duration(text)
 
 
+def _free_space(text: str) -> str:
+    """`auto`, `N%` or a byte size; checked here, turned into bytes by the storage (it knows the disk)."""
+    value = text.strip().lower()
+    if value == "auto" or re.fullmatch(r"[0-9]+(\.[0-9]+)?\s*%", value):
+        return value
+    parse_byte_size(value)
+    return value
+
+
 _FIELD_PARSERS: dict[str, Callable[[str], object]] = {
     "host": str,
     "port": int,
@@ -186,5 +200,7 @@ _FIELD_PARSERS: dict[str, Callable[[str], object]] = {
     "fsync": parse_bool,
     "commit_interval": parse_duration,
     "shutdown_timeout": float,
+    "network_timeout": parse_duration,
+    "min_free_space": _free_space,
 }
 assert set(_FIELD_PARSERS) <= {f.name for f in fields(Settings)}

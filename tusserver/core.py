@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
@@ -89,30 +89,63 @@ class FinishEvent:
         }
 
 
-class Checkpoint(Protocol):
-    """Lets a long write commit its progress now and then (crash safety without waiting for the end)."""
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What a write stored: `written` bytes from the upload's offset on (a prefix of what it was given),
+    and backend state to commit in the same compare-and-set as the offset (e.g. S3 part ETags)."""
 
-    def due(self) -> bool:
-        """True when the writer would like the bytes so far to be made durable and reported."""
+    written: int
+    storage: Mapping[str, str] = field(default_factory=dict)
+
+
+class Hasher(Protocol):
+    """A running checksum (hashlib's objects); the writer feeds it every byte it stores, in order."""
+
+    def update(self, data: bytes, /) -> None: ...
+
+    def digest(self) -> bytes: ...
+
+
+class StorageWriter(Protocol):
+    """One request's bytes on their way into storage, appended from the upload's committed offset.
+
+    `write` takes every chunk as it arrives and decides itself how much to gather before a block goes
+    out (the backend's buffering size: ~1 MiB on disk, the part size on S3). Errors are `TusError`s:
+    `StorageFull` (507), `StorageUnavailable` (503), `UploadDataLost` (410); after one, `result()`
+    still tells what was stored before it.
+    """
+
+    async def write(self, chunk: bytes) -> None: ...
+
+    async def flush(self) -> WriteResult:
+        """Store everything given so far (synced if the backend syncs) and say what is stored."""
         ...
 
-    async def reached(self, written: int) -> None:
-        """The first `written` bytes of this write are stored (and synced if the backend syncs)."""
+    async def close(self) -> WriteResult:
+        """`flush`, then release the writer's resources (also after an error)."""
+        ...
+
+    def result(self) -> WriteResult:
+        """What is known to be stored now, without waiting (after an error, too)."""
         ...
 
 
 class Storage(Protocol):
     """Where upload bytes live. Bytes beyond `upload.offset` are debris of an aborted write."""
 
+    capabilities: frozenset[str]
+    """Optional tus extensions this backend supports (e.g. `concatenation`); `Tus-Extension` follows."""
+
     async def create(self, upload: Upload) -> Mapping[str, str]:
-        """Prepare room for a new upload; returns backend state to keep in `upload.storage`."""
+        """Prepare room for a new upload whose row exists; returns backend state for `upload.storage`."""
         ...
 
-    async def write(
-        self, upload: Upload, chunks: AsyncIterable[bytes], checkpoint: Checkpoint | None = None
-    ) -> int:
-        """Write `chunks` starting at `upload.offset` until they end; returns the bytes written.
-        Between blocks, when `checkpoint.due()`, report progress through `checkpoint.reached`."""
+    def writer(self, upload: Upload, hasher: Hasher | None = None) -> StorageWriter:
+        """A writer appending at `upload.offset`, feeding `hasher` with every byte it stores."""
+        ...
+
+    async def room(self) -> int | None:
+        """Bytes that may still be stored above the free-space reserve (None: no limit known)."""
         ...
 
     async def concatenate(self, upload: Upload, parts: Sequence[Upload]) -> None:
@@ -120,7 +153,8 @@ class Storage(Protocol):
         ...
 
     async def finish(self, upload: Upload) -> None:
-        """Make the stored object exactly `upload.length` bytes long; called once it is complete."""
+        """Make the stored object exactly `upload.length` bytes long; called after the completing
+        commit, so it must be idempotent (a crash may leave it to be done again)."""
         ...
 
     def read(self, upload: Upload, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:

@@ -38,29 +38,32 @@ def async_url(url: str) -> URL:
     return parsed.set(drivername=_ASYNC_DRIVERS[backend])
 
 
-def make_engine(url: str) -> AsyncEngine:
-    """An engine for `url`; creates the directory of an SQLite file."""
+def make_engine(url: str, fsync: bool = False) -> AsyncEngine:
+    """An engine for `url`; creates the directory of an SQLite file. With `fsync`, SQLite syncs every
+    commit (`synchronous=FULL`) so that an acknowledged offset survives a power loss."""
     parsed = async_url(url)
     if parsed.get_backend_name() == "sqlite":
-        return _sqlite_engine(parsed)
+        return _sqlite_engine(parsed, "FULL" if fsync else "NORMAL")
     return create_async_engine(parsed, pool_size=10, max_overflow=20, pool_recycle=1800)
 
 
-def _sqlite_engine(url: URL) -> AsyncEngine:
+def _sqlite_engine(url: URL, synchronous: str) -> AsyncEngine:
     if url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_async_engine(url, connect_args={"timeout": 30})
-    sa.event.listen(engine.sync_engine, "connect", _tune_sqlite)
-    return engine
-
-
-def _tune_sqlite(dbapi_connection: Any, _record: object) -> None:
     # WAL lets readers run beside the one writer; NORMAL sync is durable across process crashes
-    # (a power loss may drop the last transactions, never corrupt); wait for locks instead of failing.
-    cursor = dbapi_connection.cursor()
-    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=30000"):
-        cursor.execute(f"PRAGMA {pragma}")
-    cursor.close()
+    # (a power loss may drop the last transactions, never corrupt); FULL also across power loss;
+    # wait for locks instead of failing.
+    pragmas = ("journal_mode=WAL", f"synchronous={synchronous}", "busy_timeout=30000")
+
+    def tune(dbapi_connection: Any, _record: object) -> None:
+        cursor = dbapi_connection.cursor()
+        for pragma in pragmas:
+            cursor.execute(f"PRAGMA {pragma}")
+        cursor.close()
+
+    sa.event.listen(engine.sync_engine, "connect", tune)
+    return engine
 
 
 def alembic_config(url: str | None = None) -> Config:

@@ -56,10 +56,20 @@ class OffsetMismatch(TusError):
     status = 409
 
 
+class RequestTimeout(TusError):
+    """The client sent no body bytes for `--network-timeout` seconds (408); what arrived is kept."""
+
+    status = 408
+
+
 class UploadGone(TusError):
     """The upload existed but has expired or was terminated (410)."""
 
     status = 410
+
+
+class UploadDataLost(UploadGone):
+    """The row is there but its bytes are not (removed behind the server's back): 410, not 500."""
 
 
 class TooLarge(TusError):
@@ -87,14 +97,22 @@ class ChecksumMismatch(TusError):
 
 
 class ServiceUnavailable(TusError):
-    """A dependency (the database) cannot be reached; the client should retry later (503)."""
+    """A dependency (the database, the storage) cannot be reached; the client should retry later (503)."""
 
     status = 503
 
 
-class LockLost(Exception):
-    """This request's lease on an upload expired or was taken over while it was writing.
+class StorageUnavailable(ServiceUnavailable):
+    """The storage failed in a way that may pass (EIO, EMFILE): 503 with `Retry-After`."""
 
-    Not a `TusError`: it is an internal signal that the writer must stop without committing. The handler
-    answers 423 through `UploadLocked`, which the service raises in its place.
-    """
+
+class StorageFull(TusError):
+    """No room for more bytes: the file system is full, a quota or file size limit was hit, or the
+    free space reserve (`--min-free-space`) was reached (507 Insufficient Storage)."""
+
+    status = 507
+
+
+class LeaseLost(OffsetMismatch):
+    """This request's lease was taken over or ran out while it was writing; it stopped and committed
+    nothing it no longer owned (409: the client asks HEAD for the offset and resumes)."""

@@ -15,14 +15,17 @@ import logging
 from tusserver.core import Storage, utcnow
 from tusserver.errors import ServiceUnavailable, UploadNotFound
 from tusserver.locking import UploadLocks
-from tusserver.store import SqlUploadStore
+from tusserver.policy import is_expired
+from tusserver.records import UploadRecords
 
 log = logging.getLogger(__name__)
 
 
 class ExpirySweeper:
-    def __init__(self, store: SqlUploadStore, storage: Storage, locks: UploadLocks, batch: int = 200) -> None:
-        self._store = store
+    def __init__(
+        self, records: UploadRecords, storage: Storage, locks: UploadLocks, batch: int = 200
+    ) -> None:
+        self._records = records
         self._storage = storage
         self._locks = locks
         self._batch = batch
@@ -31,7 +34,7 @@ class ExpirySweeper:
         """Delete every upload expired by now; returns how many this sweeper deleted."""
         deleted = 0
         while True:
-            candidates = await self._store.expired_ids(utcnow(), self._batch)
+            candidates = await self._records.expired_ids(utcnow(), self._batch)
             removed = [upload_id for upload_id in candidates if await self._expire(upload_id)]
             deleted += len(removed)
             if len(candidates) < self._batch or not removed:
@@ -40,15 +43,15 @@ class ExpirySweeper:
     async def _expire(self, upload_id: str) -> bool:
         owner = self._locks.new_owner()
         try:
-            upload = await self._store.acquire(upload_id, owner, utcnow(), self._locks.lease_until())
+            upload = await self._records.acquire(upload_id, owner, self._locks.ttl)
         except UploadNotFound:
             return False  # another sweeper or a DELETE was faster
         if upload is None:
             return False  # a request holds it: not abandoned after all, or look again next time
-        if upload.expires_at is None or upload.expires_at > utcnow():
-            await self._store.release(upload_id, owner)  # renewed since we listed it
+        if not is_expired(upload, utcnow()):
+            await self._records.release(upload_id, owner)  # renewed since we listed it
             return False
-        if not await self._store.delete(upload_id, owner):
+        if not await self._records.delete(upload_id, owner):
             return False
         await self._storage.delete(upload)
         log.info("upload_expired upload_id=%s offset=%d length=%s", upload_id, upload.offset, upload.length)

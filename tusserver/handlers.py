@@ -10,17 +10,16 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from tusserver.bodies import RequestBody
 from tusserver.config import Settings
 from tusserver.core import Upload, is_upload_id
 from tusserver.downloads import content_disposition, media_type, parse_range
 from tusserver.errors import MethodNotAllowed, OffsetMismatch, TooLarge, UploadNotFound
+from tusserver.pipeline import Body, BodyReader
 from tusserver.protocol import (
     CACHE_CONTROL,
     CHECKSUM_ALGORITHMS,
     CONTENT_LENGTH,
     CONTENT_TYPE,
-    EXTENSIONS,
     LOCATION,
     TUS_CHECKSUM_ALGORITHM,
     TUS_EXTENSION,
@@ -34,6 +33,7 @@ from tusserver.protocol import (
     UPLOAD_LENGTH,
     UPLOAD_METADATA,
     UPLOAD_OFFSET,
+    extensions_for,
     format_http_date,
     metadata_text,
     parse_concat,
@@ -43,7 +43,7 @@ from tusserver.protocol import (
     parse_size,
     require_offset_stream,
 )
-from tusserver.uploads import Body, NewUpload, UploadService
+from tusserver.uploads import NewUpload, UploadService
 from tusserver.urls import public_base
 
 COLLECTION_METHODS = "OPTIONS, POST"
@@ -92,7 +92,7 @@ async def resource(request: Request) -> Response:
 def options(request: Request) -> Response:
     headers = {
         TUS_VERSION_HEADER: TUS_VERSION,
-        TUS_EXTENSION: ",".join(EXTENSIONS),
+        TUS_EXTENSION: ",".join(extensions_for(_service(request).storage.capabilities)),
         TUS_CHECKSUM_ALGORITHM: ",".join(CHECKSUM_ALGORITHMS),
     }
     max_size = _settings(request).max_size
@@ -127,7 +127,7 @@ async def patch(request: Request, upload_id: str) -> Response:
     require_offset_stream(headers.get(CONTENT_TYPE))
     offset = parse_offset(headers.get(UPLOAD_OFFSET))
     declared = parse_size(headers.get(UPLOAD_LENGTH), UPLOAD_LENGTH)
-    upload = await _service(request).append(upload_id, offset, _body(request), declared)
+    upload = await _service(request).pipeline.append(upload_id, offset, _body(request), declared)
     return Response(status_code=204, headers=_progress_headers(upload))
 
 
@@ -209,4 +209,4 @@ def _body(request: Request) -> Body:
     content_length = parse_size(request.headers.get(CONTENT_LENGTH), CONTENT_LENGTH)
     if content_length is None and not _has_body(request):
         content_length = 0
-    return Body(RequestBody(request.receive), content_length, request.headers.get(UPLOAD_CHECKSUM))
+    return Body(BodyReader(request.receive), content_length, request.headers.get(UPLOAD_CHECKSUM))

@@ -1,24 +1,29 @@
 """Per-upload locks that hold across processes and hosts: leases on the upload row.
 
-A request takes the lease with one conditional UPDATE (`SqlUploadStore.acquire`); a background task
-renews it (every second at most) while the request runs, and it is released in `finally` or by the
-offset commit itself. A lease that is not renewed expires after `ttl` seconds, so a killed process
-never wedges an upload.
+A request takes the lease with one conditional UPDATE (`UploadRecords.acquire`). One keeper task per
+instance renews every lease this instance holds in a single statement a second (a checkpoint commit
+renews its own lease too), and the lease is released in `finally` or by the final offset commit. A
+lease that is not renewed expires after `ttl` seconds by the database's clock, so a killed process never
+wedges an upload.
 
-Takeover: a request that finds the lease taken asks the holder to let go (`release_requested` in the
-row, or directly when the holder runs in this process) and retries with backoff for up to
-`wait_timeout` seconds before answering 423. The holder sees the request at its next renewal, sets
-`Lease.stop`, stops reading its body, commits what it received and releases. So a client that
-reconnects after a dropped connection, to any instance, resumes within about a second instead of
-waiting for a stalled request to time out. If renewal finds the lease gone, `Lease.lost` is set and
-the writer stops before touching more bytes; its commit would fail anyway, because commits compare the
-lock owner.
+A lease is a small state machine (`LeaseState`): HELD, then at most one reason to stop early
+(TAKEOVER by another request, SHUTDOWN of this process, TIMED_OUT client, LOST lease), then RELEASED.
+The writer is told through `Lease.on_stop`. A request that finds an upload taken asks the holder to let
+go (directly when the holder runs in this process, through `release_requested` in the row otherwise)
+and waits, on the holder's release event or by polling the row with backoff, for up to `wait_timeout`
+seconds before answering 423. So a client that reconnects after a dropped connection, to any instance,
+resumes within about a second instead of waiting for a stalled request to time out.
+
+Fencing: a lease is trusted for writing bytes only until `ttl - margin` seconds after the last renewal
+was *sent*; the database cannot expire it before `ttl` seconds after it arrived. A writer that stalls
+past that stops before touching storage, so a stale writer never overwrites bytes another one committed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import os
 import secrets
@@ -26,11 +31,10 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 
-from tusserver.core import Upload, utcnow
-from tusserver.errors import LockLost, ServiceUnavailable, UploadLocked
-from tusserver.store import SqlUploadStore
+from tusserver.core import Upload
+from tusserver.errors import ServiceUnavailable, UploadLocked
+from tusserver.records import UploadRecords
 
 log = logging.getLogger(__name__)
 RENEW_EVERY = 1.0
@@ -42,133 +46,210 @@ def instance_name() -> str:
     return f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
-@dataclass
+class LeaseState(enum.Enum):
+    HELD = "held"
+    TAKEOVER = "takeover"
+    """Another request asked for the upload: stop, commit what arrived, answer 409."""
+    SHUTDOWN = "shutdown"
+    """This process is stopping: stop, commit what arrived, answer 503."""
+    TIMED_OUT = "timed_out"
+    """The client sent nothing for the network timeout: stop, commit what arrived, answer 408."""
+    LOST = "lost"
+    """The lease is gone or can no longer be trusted: stop before another byte reaches storage."""
+    RELEASED = "released"
+
+
+_S = LeaseState
+_LEGAL: dict[LeaseState, frozenset[LeaseState]] = {
+    _S.HELD: frozenset({_S.TAKEOVER, _S.SHUTDOWN, _S.TIMED_OUT, _S.LOST, _S.RELEASED}),
+    _S.TAKEOVER: frozenset({_S.SHUTDOWN, _S.LOST, _S.RELEASED}),
+    _S.TIMED_OUT: frozenset({_S.SHUTDOWN, _S.LOST, _S.RELEASED}),
+    _S.SHUTDOWN: frozenset({_S.LOST, _S.RELEASED}),
+    _S.LOST: frozenset({_S.RELEASED}),
+    _S.RELEASED: frozenset(),
+}
+"""The legal transitions; anything else is ignored (a weaker reason never overrides a stronger one)."""
+
+
+def _ignore(*_: object) -> None:
+    return None
+
+
+@dataclass(eq=False)
 class Lease:
     """One request's hold on one upload."""
 
     upload: Upload
     owner: str
-    lost: bool = False
-    released: bool = False
-    stopping: bool = False
-    """True once another request (or shutdown) asked this one to finish early and let go."""
-    shutting_down: bool = False
-    on_stop: list[Callable[[], None]] = field(default_factory=list)
+    ttl: float
+    state: LeaseState = LeaseState.HELD
+    trusted_until: float = 0.0
+    """`time.monotonic()` after which this lease may have expired in the database."""
+    on_stop: Callable[[], None] = _ignore
+    """Called once when the lease leaves HELD for a reason to stop (the writer's interrupt)."""
+    on_tick: Callable[[float], None] = _ignore
+    """Called by the keeper about once a second with the monotonic time (idle and checkpoint checks)."""
+    freed: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def request_stop(self, shutdown: bool = False) -> None:
-        self.shutting_down = self.shutting_down or shutdown
-        if not self.stopping:
-            self.stopping = True
-            for callback in self.on_stop:
-                callback()
+    def __post_init__(self) -> None:
+        self.renewed(time.monotonic())
 
-    def check(self) -> None:
-        """Raise `LockLost` if the lease can no longer be trusted (called between chunks)."""
-        if self.lost:
-            raise LockLost(self.upload.id)
+    def move(self, to: LeaseState) -> bool:
+        """Take the transition if it is legal; tell the writer when it means stopping."""
+        if to not in _LEGAL[self.state]:
+            return False
+        self.state = to
+        if to is LeaseState.RELEASED:
+            self.freed.set()
+        else:
+            self.on_stop()
+        return True
+
+    @property
+    def stopping(self) -> bool:
+        return self.state is not LeaseState.HELD
+
+    def renewed(self, sent_at: float) -> None:
+        """A renewal (or an acquire, or a checkpoint) sent at monotonic `sent_at` succeeded."""
+        self.trusted_until = sent_at + self.ttl - min(1.0, self.ttl / 4)
+
+    def trusted(self, now: float) -> bool:
+        """May this lease's holder still write bytes? False once lost or possibly expired."""
+        if self.state is LeaseState.LOST:
+            return False
+        if now < self.trusted_until:
+            return True
+        self.move(LeaseState.LOST)
+        return False
 
 
 class UploadLocks:
-    def __init__(self, store: SqlUploadStore, instance: str, ttl: float, wait_timeout: float) -> None:
-        self._store = store
+    def __init__(self, records: UploadRecords, instance: str, ttl: float, wait_timeout: float) -> None:
+        self._records = records
         self._instance = instance
-        self._ttl = ttl
+        self.ttl = ttl
         self._wait_timeout = wait_timeout
         self._local: dict[str, Lease] = {}
+        self.shutting_down = False
 
     def new_owner(self) -> str:
         return f"{self._instance}:{secrets.token_hex(4)}"
 
-    def lease_until(self) -> datetime:
-        """When a lease taken or renewed now expires."""
-        return utcnow() + timedelta(seconds=self._ttl)
+    def new_lease(self, upload: Upload) -> Lease:
+        """A lease for an upload this request inserted already leased (creation-with-upload)."""
+        return Lease(upload, self.new_owner(), self.ttl)
 
     @contextlib.asynccontextmanager
     async def hold(self, upload_id: str) -> AsyncIterator[Lease]:
         """Lease an existing upload for the duration of the block (taking it over if need be)."""
-        owner = self.new_owner()
-        upload = await self._acquire(upload_id, owner)
-        async with self.kept(Lease(upload, owner)) as lease:
+        if self.shutting_down:
+            raise ServiceUnavailable("server shutting down, retry", {"Retry-After": "1"})
+        lease = await self._acquire(upload_id)
+        async with self.kept(lease):
             yield lease
 
     @contextlib.asynccontextmanager
     async def kept(self, lease: Lease) -> AsyncIterator[Lease]:
-        """Renew an acquired lease in the background; release it on exit unless already released."""
+        """Keep an acquired lease renewed by the keeper; release it on exit unless already released."""
         self._local[lease.upload.id] = lease
-        renewer = asyncio.create_task(self._renew_until_cancelled(lease))
+        if self.shutting_down:
+            lease.move(LeaseState.SHUTDOWN)
         try:
             yield lease
         finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
             if self._local.get(lease.upload.id) is lease:
                 del self._local[lease.upload.id]
-            if not lease.released:
+            if lease.state is not LeaseState.RELEASED:
                 await self._release_quietly(lease)
 
     async def wait_until_free(self, upload_id: str) -> Upload:
         """For status requests: ask a holder to let go and wait (bounded) so that the offset read
         afterwards includes what the holder received. Returns the upload as committed then."""
-        upload, held = await self._store.get_with_lock(upload_id, utcnow())
+        local = self._local.get(upload_id)
+        if local is not None:
+            await self._take_from_local(local, time.monotonic() + self._wait_timeout)
+        upload, held = await self._records.get_with_lock(upload_id)
         if not held:
             return upload
-        await self._ask_holder(upload_id)
+        await self._records.request_release(upload_id)
         deadline = time.monotonic() + self._wait_timeout
         delay = 0.005
         while held and time.monotonic() + delay < deadline:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.1)
-            upload, held = await self._store.get_with_lock(upload_id, utcnow())
+            upload, held = await self._records.get_with_lock(upload_id)
         return upload  # still held after the wait: its committed offset is still a valid answer
 
     def stop_all(self) -> None:
-        """Shutdown: ask every request of this process that holds a lease to finish early."""
+        """Shutdown: ask every request of this process that holds a lease to finish early, and every
+        request that comes later to stop at once."""
+        self.shutting_down = True
         for lease in list(self._local.values()):
-            lease.request_stop(shutdown=True)
+            lease.move(LeaseState.SHUTDOWN)
 
-    async def _ask_holder(self, upload_id: str) -> None:
-        local = self._local.get(upload_id)
-        if local is not None:
-            local.request_stop()  # same process: no need to wait for its next renewal
-        else:
-            await self._store.request_release(upload_id)
+    async def _take_from_local(self, holder: Lease, deadline: float) -> None:
+        """Same process: tell the holder directly and wait for its release event."""
+        holder.move(LeaseState.TAKEOVER)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0)):
+                await holder.freed.wait()
 
-    async def _acquire(self, upload_id: str, owner: str) -> Upload:
+    async def _acquire(self, upload_id: str) -> Lease:
+        owner = self.new_owner()
         deadline = time.monotonic() + self._wait_timeout
         delay = 0.005
         asked = False
         while True:
             local = self._local.get(upload_id)
             if local is not None:
-                local.request_stop()
+                await self._take_from_local(local, deadline)
+            sent_at = time.monotonic()
             ask = not asked and local is None
-            upload = await self._store.acquire(upload_id, owner, utcnow(), self.lease_until(), ask)
+            upload = await self._records.acquire(upload_id, owner, self.ttl, ask)
             if upload is not None:
-                return upload
+                lease = Lease(upload, owner, self.ttl)
+                lease.renewed(sent_at)
+                return lease
             asked = True
             if time.monotonic() + delay > deadline:
                 raise UploadLocked("upload is busy with another request, retry later")
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.1)
 
-    async def _renew_until_cancelled(self, lease: Lease) -> None:
-        while not lease.lost:
-            await asyncio.sleep(min(self._ttl / 3, RENEW_EVERY))
-            try:
-                held, requested = await self._store.renew(lease.upload.id, lease.owner, self.lease_until())
-            except ServiceUnavailable:
-                continue  # the lease may still be valid; try again at the next beat
-            if not held:
-                log.warning("lock_lost upload_id=%s owner=%s", lease.upload.id, lease.owner)
-                lease.lost = True
-            elif requested:
+    async def keep(self) -> None:
+        """The keeper: renew this instance's leases about once a second until cancelled."""
+        while True:
+            await asyncio.sleep(min(self.ttl / 3, RENEW_EVERY))
+            await self.beat()
+
+    async def beat(self) -> None:
+        leases = [lease for lease in self._local.values() if lease.state is not LeaseState.RELEASED]
+        if leases:
+            await self._renew(leases)
+        now = time.monotonic()
+        for lease in leases:
+            lease.on_tick(now)
+
+    async def _renew(self, leases: list[Lease]) -> None:
+        sent_at = time.monotonic()
+        try:
+            answers = await self._records.renew([lease.owner for lease in leases], self.ttl)
+        except ServiceUnavailable:
+            for lease in leases:  # it may still be valid; trusted() says when it no longer is
+                lease.trusted(time.monotonic())
+            return
+        for lease in leases:
+            if lease.owner not in answers:
+                if lease.move(LeaseState.LOST):
+                    log.warning("lock_lost upload_id=%s owner=%s", lease.upload.id, lease.owner)
+                continue
+            lease.renewed(sent_at)
+            if answers[lease.owner] and lease.move(LeaseState.TAKEOVER):
                 log.info("lock_release_requested upload_id=%s", lease.upload.id)
-                lease.request_stop()
 
     async def _release_quietly(self, lease: Lease) -> None:
         try:
-            await self._store.release(lease.upload.id, lease.owner)
+            await self._records.release(lease.upload.id, lease.owner)
         except ServiceUnavailable:
             log.warning("lock_release_failed upload_id=%s (expires by itself)", lease.upload.id)
-        lease.released = True
+        lease.move(LeaseState.RELEASED)

@@ -1,11 +1,13 @@
-"""`Policy`: the limits and lifetimes that apply to every upload, from the settings.
+"""`Policy`: the limits and lifetimes that apply to every upload, and the two rules that use them.
 
-Pure values and one rule (when an upload expires); no I/O.
+`advanced` is the one place that computes an upload's next state after bytes arrived (offset,
+completion, sliding expiry); `is_expired` is the one expiry rule, used by HEAD, PATCH, the sweeper and
+the commit. Pure values and functions; no I/O.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from tusserver.core import Upload
@@ -26,3 +28,21 @@ class Policy:
     def expires_at(self, upload: Upload, now: datetime) -> datetime | None:
         lifetime = self.retain_finished if upload.completed_at else self.expire_after
         return None if lifetime is None else now + lifetime
+
+    def advanced(self, upload: Upload, written: int, now: datetime) -> Upload:
+        """`upload` after `written` more bytes were stored at `now`: offset, completion (once) and
+        the sliding expiry (E-6)."""
+        moved = replace(upload, offset=upload.offset + written, updated_at=now)
+        if moved.is_complete and moved.completed_at is None:
+            moved = replace(moved, completed_at=now)
+        return replace(moved, expires_at=self.expires_at(moved, now))
+
+    def room(self, upload: Upload) -> int | None:
+        """How many more bytes `upload` may take (None: no limit)."""
+        cap = upload.length if upload.length is not None else self.max_size
+        return None if cap is None else max(cap - upload.offset, 0)
+
+
+def is_expired(upload: Upload, now: datetime) -> bool:
+    """The one expiry rule: an upload whose `expires_at` has passed is gone (410), cleaned up or not."""
+    return upload.expires_at is not None and upload.expires_at <= now

@@ -49,6 +49,15 @@ EXTENSIONS = (
     "expiration",
     "concatenation",
 )
+OPTIONAL_EXTENSIONS = frozenset({"concatenation"})
+"""Extensions a storage backend must declare in `Storage.capabilities` to have them advertised."""
+
+
+def extensions_for(capabilities: frozenset[str]) -> tuple[str, ...]:
+    """`Tus-Extension` for a backend with these capabilities, in the canonical order."""
+    return tuple(name for name in EXTENSIONS if name not in OPTIONAL_EXTENSIONS or name in capabilities)
+
+
 # Digest sizes in bytes; crc32 is left out on purpose: its encoding is not standardised (K-11).
 CHECKSUM_ALGORITHMS = {"md5": 16, "sha1": 20, "sha256": 32, "sha512": 64}
 _BASE64_ALPHABET = re.compile(r"[A-Za-z0-9+/]*={0,2}")

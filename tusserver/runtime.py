@@ -1,10 +1,13 @@
-"""Assembling a running server's parts from `Settings`: engine (migrated), store, storage, locks,
-hooks, the upload service and the expiry sweeper; and tearing them down. Used by the ASGI lifespan and
-by the command line (`tusserver cleanup`). Knows nothing of HTTP.
+"""Assembling a running server's parts from `Settings`: engine (migrated), records, storage, locks and
+their keeper task, hooks, the upload service and the expiry sweeper; and tearing them down. Used by
+the ASGI lifespan and by the command line (`tusserver cleanup`). Knows nothing of HTTP.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import signal
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -19,8 +22,8 @@ from tusserver.expiry import ExpirySweeper
 from tusserver.hooks import CallableHook, HookRunner, WebhookHook, load_callable
 from tusserver.locking import UploadLocks, instance_name
 from tusserver.policy import Policy
+from tusserver.records import UploadRecords
 from tusserver.storage import LocalStorage
-from tusserver.store import SqlUploadStore
 from tusserver.uploads import UploadService
 
 
@@ -55,15 +58,34 @@ def policy_of(settings: Settings) -> Policy:
 
 @asynccontextmanager
 async def running(settings: Settings, hooks: Sequence[Hook] = ()) -> AsyncIterator[Runtime]:
-    engine = make_engine(settings.resolved_database_url)
+    """Everything a server needs, with the lease keeper running; torn down in reverse on exit."""
+    engine = make_engine(settings.resolved_database_url, fsync=settings.fsync)
     runner = HookRunner(hooks)
+    storage: LocalStorage | None = None
+    keeper: asyncio.Task[None] | None = None
     try:
         await migrate(engine)
-        store = SqlUploadStore(engine)
-        locks = UploadLocks(store, instance_name(), settings.lock_ttl, settings.lock_timeout)
-        storage = LocalStorage(settings.uploads_dir, fsync=settings.fsync)
-        service = UploadService(store, storage, locks, runner, policy_of(settings))
-        yield Runtime(engine, service, ExpirySweeper(store, storage, locks))
+        records = UploadRecords(engine)
+        locks = UploadLocks(records, instance_name(), settings.lock_ttl, settings.lock_timeout)
+        _write_errors_instead_of_signals()
+        storage = LocalStorage(settings.uploads_dir, settings.fsync, settings.min_free_space)
+        service = UploadService(
+            records, storage, locks, runner, policy_of(settings), settings.network_timeout
+        )
+        keeper = asyncio.create_task(locks.keep())
+        yield Runtime(engine, service, ExpirySweeper(records, storage, locks))
     finally:
+        if keeper is not None:
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
         await runner.aclose(settings.hook_timeout)
+        if storage is not None:
+            storage.close()
         await engine.dispose()
+
+
+def _write_errors_instead_of_signals() -> None:
+    """A file size limit (RLIMIT_FSIZE) would kill the process with SIGXFSZ; ignored, the write fails
+    with EFBIG instead and the request gets 507. Only the main thread may set it (embedders: best effort)."""
+    with contextlib.suppress(ValueError, AttributeError):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)

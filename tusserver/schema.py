@@ -1,15 +1,19 @@
 """The SQL schema of upload state, as SQLAlchemy Core objects.
 
-This describes the tables for queries; the database itself is only ever built by the Alembic revisions
+Also the database clock (`db_now`, `db_deadline`), which leases are measured by. This describes the
+tables for queries; the database itself is only ever built by the Alembic revisions
 in `migrations/`, and a test checks that the two agree. All timestamps are UTC.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -57,3 +61,47 @@ upload_table = sa.Table(
     sa.Column("lock_expires_at", UTCDateTime, nullable=True),
     sa.Column("release_requested", sa.Boolean, nullable=False),
 )
+
+
+# The database's clock, for leases. Lease deadlines are written and compared only through these, never
+# as Python datetimes, so every instance judges a lease by the same clock. SQLite keeps them as text in
+# one fixed format (millisecond precision), which compares correctly as text.
+_SQLITE_NOW = "strftime('%Y-%m-%d %H:%M:%f', 'now')"
+
+
+class db_now(sa.sql.expression.FunctionElement[datetime]):
+    """The database server's current time."""
+
+    type = UTCDateTime()
+    inherit_cache = True
+
+
+class db_deadline(sa.sql.expression.FunctionElement[datetime]):
+    """The database server's current time plus `seconds` (a lease's expiry)."""
+
+    type = UTCDateTime()
+    inherit_cache = True
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(sa.literal(float(seconds), sa.Float))
+
+
+@compiles(db_now)
+def _now_default(element: db_now, compiler: SQLCompiler, **kw: Any) -> str:
+    return "now()"
+
+
+@compiles(db_now, "sqlite")
+def _now_sqlite(element: db_now, compiler: SQLCompiler, **kw: Any) -> str:
+    return _SQLITE_NOW
+
+
+@compiles(db_deadline)
+def _deadline_default(element: db_deadline, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"(now() + {compiler.process(element.clauses, **kw)} * interval '1 second')"
+
+
+@compiles(db_deadline, "sqlite")
+def _deadline_sqlite(element: db_deadline, compiler: SQLCompiler, **kw: Any) -> str:
+    seconds = compiler.process(element.clauses, **kw)
+    return f"strftime('%Y-%m-%d %H:%M:%f', 'now', ({seconds}) || ' seconds')"

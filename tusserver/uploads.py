@@ -1,39 +1,36 @@
-"""`UploadService`: the one home of upload-state rules.
+"""`UploadService`: the upload-state rules outside the byte stream.
 
-Creation (plain, partial and final), appending, length declaration, termination and the expiry rule,
-each under the upload's lease. The order of checks follows PROTOCOL.md §1.3 (404/410 -> 403 final ->
-409 offset -> completed -> length -> 413 -> checksum -> body). Bytes stream to storage with no database
-transaction open; the offset moves only by a compare-and-set commit afterwards, so the database offset
-is the single source of truth and anything stored beyond it is debris that the next write replaces.
+Creation (plain, partial and final), status, termination and the expiry rule's use on reads. The byte
+stream of a PATCH or of creation-with-upload belongs to `pipeline.WritePipeline`; creation hands it
+the body once the row exists. The order of checks follows PROTOCOL.md §1.3.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
 
-from tusserver.bodies import LimitedBody
 from tusserver.core import FinishEvent, Storage, Upload, is_upload_id, new_upload_id, utcnow
 from tusserver.errors import (
     BadRequest,
-    ChecksumMismatch,
     Forbidden,
-    OffsetMismatch,
+    StorageFull,
     TooLarge,
     UploadGone,
     UploadLocked,
     UploadNotFound,
 )
 from tusserver.hooks import HookRunner
-from tusserver.locking import Lease, UploadLocks
-from tusserver.policy import Policy
-from tusserver.protocol import UPLOAD_OFFSET, Concat, metadata_text, parse_checksum
-from tusserver.store import SqlUploadStore
-from tusserver.writing import Progress, guarded, hashed, interrupted, verify
+from tusserver.locking import LeaseState, UploadLocks
+from tusserver.pipeline import Body, WritePipeline
+from tusserver.policy import Policy, is_expired
+from tusserver.protocol import Concat, metadata_text
+from tusserver.records import UploadRecords
 
 log = logging.getLogger(__name__)
+_REFUSED_BODY = frozenset({400, 413, 460})
+"""A creation-with-upload whose body is refused for what the client sent creates nothing; any other
+ending (disconnect, takeover, shutdown, timeout, storage trouble) answers 201 at the offset reached."""
 
 
 @dataclass(frozen=True)
@@ -45,40 +42,26 @@ class NewUpload:
     concat: Concat | None = None
 
 
-class BodyStream(Protocol):
-    """Request bytes; `disconnected` tells, once iteration ended, whether the client went away;
-    `interrupt()` ends the iteration early, even while it waits for bytes."""
-
-    disconnected: bool
-
-    def __aiter__(self) -> AsyncIterator[bytes]: ...
-
-    def interrupt(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class Body:
-    """A request body and what its headers promise about it."""
-
-    stream: BodyStream
-    content_length: int | None
-    checksum: str | None = None
-    """The raw `Upload-Checksum` header; parsed only once the other checks passed (K-10)."""
-
-
 class UploadService:
     def __init__(
-        self, store: SqlUploadStore, storage: Storage, locks: UploadLocks, hooks: HookRunner, policy: Policy
+        self,
+        records: UploadRecords,
+        storage: Storage,
+        locks: UploadLocks,
+        hooks: HookRunner,
+        policy: Policy,
+        network_timeout: float = 60.0,
     ) -> None:
-        self.store = store
+        self.records = records
         self.storage = storage
         self.locks = locks
         self.hooks = hooks
         self.policy = policy
+        self.pipeline = WritePipeline(records, storage, locks, policy, self._finished, network_timeout)
 
     async def get(self, upload_id: str) -> Upload:
         """The upload as committed; 404 if unknown, 410 if expired (E-7, even before cleanup ran)."""
-        return _alive(await self.store.get(upload_id))
+        return _alive(await self.records.get(upload_id))
 
     async def status(self, upload_id: str) -> Upload:
         """HEAD: like `get`, but a request still writing is asked to finish first, so the offset
@@ -86,12 +69,16 @@ class UploadService:
         return _alive(await self.locks.wait_until_free(upload_id))
 
     async def create(self, request: NewUpload, body: Body | None) -> Upload:
-        """Create an upload; with a body, append it at offset 0 (creation-with-upload)."""
+        """Create an upload; with a body, append it at offset 0 (creation-with-upload). Once the row
+        exists the answer is 201 with the offset reached, whatever happened to the body, so the
+        client always has a `Location` to resume at (no orphan it cannot name)."""
         if request.concat is not None and request.concat.is_final:
             if body is not None:
                 raise Forbidden("a final upload cannot carry a body")
             return await self._create_final(request)
-        self._check_max_size(request.length)
+        if request.concat is not None and "concatenation" not in self.storage.capabilities:
+            raise BadRequest("this storage does not support the concatenation extension")
+        await self._check_size(request.length)
         now = utcnow()
         upload = Upload(
             id=new_upload_id(),
@@ -103,34 +90,56 @@ class UploadService:
             updated_at=now,
         )
         upload = replace(upload, expires_at=self.policy.expires_at(upload, now))
-        upload = replace(upload, storage=await self.storage.create(upload))
         if body is None:
             return await self._add_empty(upload)
-        lease = Lease(upload, self.locks.new_owner())
-        await self.store.add(upload, lease.owner, self.locks.lease_until())
+        self.pipeline.check(upload, body)
+        lease = self.locks.new_lease(upload)
+        await self.records.add(upload, lease.owner, self.locks.ttl)
         log.info("upload_created upload_id=%s length=%s", upload.id, upload.length)
         async with self.locks.kept(lease):
-            return await self._write(lease, upload, body)
+            await self._create_storage(upload)
+            outcome = await self.pipeline.receive(lease, upload, body)
+        problem = outcome.problem
+        if problem is not None and problem.status in _REFUSED_BODY:
+            await self._forget(upload)  # the client's own mistake: create nothing (CU-7)
+            raise problem
+        if problem is not None:
+            log.info("upload_body_incomplete upload_id=%s problem=%s", upload.id, problem.message)
+        return outcome.upload
+
+    async def _forget(self, upload: Upload) -> None:
+        await self.records.forget(upload.id)
+        await self.storage.delete(upload)
+
+    async def _create_storage(self, upload: Upload) -> None:
+        """The row exists; make room for the bytes, or remove the row again (nothing orphaned)."""
+        try:
+            await self.storage.create(upload)
+        except Exception:
+            await self._forget(upload)
+            raise
 
     async def _add_empty(self, upload: Upload) -> Upload:
         if upload.length == 0:  # nothing to wait for: complete at birth (CR-6)
-            upload = replace(upload, completed_at=upload.created_at)
-            upload = replace(upload, expires_at=self.policy.expires_at(upload, upload.created_at))
-            await self.storage.finish(upload)
-        await self.store.add(upload, None, None)
+            upload = self.policy.advanced(upload, 0, upload.created_at)
+        await self.records.add(upload)
+        await self._create_storage(upload)
         log.info("upload_created upload_id=%s length=%s", upload.id, upload.length)
         if upload.completed_at is not None:
+            await self.storage.finish(upload)
             self._finished(upload)
         return upload
 
     async def _create_final(self, request: NewUpload) -> Upload:
         """concatenation: assemble finished partials, in order, into a new finished upload (§10)."""
         assert request.concat is not None
+        if "concatenation" not in self.storage.capabilities:
+            raise BadRequest("this storage does not support the concatenation extension")
         if request.length is not None:
             raise BadRequest("a final upload takes its length from its partials: omit Upload-Length")
         parts = [await self._finished_partial(upload_id) for upload_id in request.concat.parts]
         length = sum(part.offset for part in parts)
-        self._check_max_size(length)
+        await self._check_size(length)
         now = utcnow()
         upload = Upload(
             id=new_upload_id(),
@@ -143,9 +152,8 @@ class UploadService:
             completed_at=now,
         )
         upload = replace(upload, expires_at=self.policy.expires_at(upload, now))
-        upload = replace(upload, storage=await self.storage.create(upload))
-        await self._assemble(upload, parts)
-        await self.store.add(upload, None, None)
+        await self.storage.concatenate(upload, parts)  # the row comes last: nothing half-assembled counts
+        await self.records.add(upload)
         log.info("upload_concatenated upload_id=%s parts=%d length=%d", upload.id, len(parts), length)
         self._finished(upload)
         return upload
@@ -163,106 +171,25 @@ class UploadService:
             raise BadRequest(f"partial upload {upload_id} is not finished")
         return part
 
-    async def _assemble(self, upload: Upload, parts: Sequence[Upload]) -> None:
-        try:
-            await self.storage.concatenate(upload, parts)
-        except FileNotFoundError:  # a partial was deleted while we read it
-            await self.storage.delete(upload)
-            raise UploadNotFound() from None
-
-    async def append(self, upload_id: str, offset: int, body: Body, declared_length: int | None) -> Upload:
-        """PATCH: append `body` at `offset`, declaring a deferred length if given."""
-        async with self.locks.hold(upload_id) as lease:
-            upload = _alive(lease.upload)
-            if upload.is_final:
-                raise Forbidden("cannot PATCH a final upload of a concatenation")
-            if offset != upload.offset:
-                raise OffsetMismatch(
-                    f"{UPLOAD_OFFSET} {offset} does not match the upload's offset {upload.offset}",
-                    {UPLOAD_OFFSET: str(upload.offset)},
-                )
-            if declared_length is not None:
-                upload = self._declare_length(upload, declared_length)
-            if upload.completed_at is not None and body.content_length == 0:
-                return upload  # an idempotent retry of the last PATCH (C-P11)
-            return await self._write(lease, upload, body)
-
     async def terminate(self, upload_id: str) -> None:
         """DELETE: forget the upload and remove its bytes."""
         async with self.locks.hold(upload_id) as lease:
             _alive(lease.upload)
-            if not await self.store.delete(upload_id, lease.owner):
+            if not await self.records.delete(upload_id, lease.owner):
                 raise UploadLocked("upload was taken over by another request, retry")
-            lease.released = True
+            lease.move(LeaseState.RELEASED)
             await self.storage.delete(lease.upload)
         log.info("upload_terminated upload_id=%s", upload_id)
 
-    def _check_max_size(self, length: int | None) -> None:
+    async def _check_size(self, length: int | None) -> None:
+        """413 beyond `--max-size`; 507 up front when the storage cannot hold it above its reserve."""
         maximum = self.policy.max_size
         if length is not None and maximum is not None and length > maximum:
             raise TooLarge(f"Upload-Length {length} exceeds the maximum of {maximum} bytes")
-
-    def _declare_length(self, upload: Upload, length: int) -> Upload:
-        """creation-defer-length: set the length once; repeating the same value is harmless (D-5)."""
-        if upload.length is not None:
-            if length != upload.length:
-                raise BadRequest(f"Upload-Length is already {upload.length} and cannot change")
-            return upload
-        if length < upload.offset:
-            raise BadRequest(f"Upload-Length {length} is below the current offset {upload.offset}")
-        self._check_max_size(length)
-        return replace(upload, length=length)
-
-    def _room(self, upload: Upload) -> int | None:
-        """How many more bytes this upload may take (None: no limit)."""
-        cap = upload.length if upload.length is not None else self.policy.max_size
-        return None if cap is None else cap - upload.offset
-
-    async def _write(self, lease: Lease, upload: Upload, body: Body) -> Upload:
-        room = self._room(upload)
-        if room is not None and body.content_length is not None and body.content_length > room:
-            raise TooLarge(f"body of {body.content_length} bytes exceeds the {room} bytes left")
-        checksum = parse_checksum(body.checksum)
-        if checksum is not None and checksum.digest is None:
-            raise ChecksumMismatch(f"{checksum.algorithm} digest has the wrong length")
-        lease.on_stop.append(body.stream.interrupt)
-        if lease.stopping:
-            body.stream.interrupt()
-        stream = guarded(body.stream, lease)
-        hasher = checksum.hasher() if checksum else None
-        if hasher is not None:
-            stream = hashed(stream, hasher)
-        limited = LimitedBody(stream, room)
-        # With a checksum nothing may count before the whole body is verified (K-6): no checkpoints.
-        progress = Progress(
-            self.store, self.policy, lease, upload, None if checksum else self.policy.commit_every
-        )
-        written = await self.storage.write(upload, limited, progress)
-        if checksum is not None and hasher is not None:
-            verify(checksum, hasher, body.stream.disconnected, limited.exceeded)
-        committed = await self._commit(lease, upload, written, progress.committed)
-        if limited.exceeded:
-            raise TooLarge(f"body exceeds the {room} bytes left; {written} bytes were stored")
-        if lease.stopping and not body.stream.disconnected:
-            raise interrupted(lease, committed)
-        return committed
-
-    async def _commit(self, lease: Lease, upload: Upload, written: int, old_offset: int) -> Upload:
-        lease.check()
-        now = utcnow()
-        updated = replace(upload, offset=upload.offset + written, updated_at=now)
-        finishing = updated.is_complete and upload.completed_at is None
-        if finishing:
-            updated = replace(updated, completed_at=now)
-            await self.storage.finish(updated)
-        updated = replace(updated, expires_at=self.policy.expires_at(updated, now))  # sliding (E-6)
-        committed = await self.store.commit(updated, lease.owner, old_offset, release=True)
-        if committed is None:
-            raise UploadLocked("upload was taken over by another request, retry")
-        lease.released = True
-        if finishing:  # only the request whose commit completed the upload gets here: once
-            self._finished(committed)
-        return committed
+        if length:
+            room = await self.storage.room()
+            if room is not None and length > room:
+                raise StorageFull(f"Upload-Length {length} does not fit in the {room} bytes of storage left")
 
     def _finished(self, upload: Upload) -> None:
         log.info("upload_finished upload_id=%s length=%s", upload.id, upload.length)
@@ -277,6 +204,6 @@ class UploadService:
 
 
 def _alive(upload: Upload) -> Upload:
-    if upload.expires_at is not None and upload.expires_at <= utcnow():
+    if is_expired(upload, utcnow()):
         raise UploadGone("upload expired")
     return upload

@@ -3,82 +3,157 @@
 Layout: `<directory>/<upload_id>`, one file per upload, created empty at creation and truncated to
 `Upload-Length` when complete. Files are written at the committed offset; anything beyond it is debris
 from an aborted request and is overwritten by the next write. Upload IDs are checked against the ID
-pattern before any path is built, so no request can name a file outside the directory. File I/O runs
-in worker threads (aiofiles), one hop per coalesced MiB, never on the event loop. With `fsync`, data
-is flushed to disk before an offset that covers it is committed (slower; needed to survive power loss,
-not process crashes).
+pattern before any path is built, so no request can name a file outside the directory.
+
+Writing (`LocalWriter`): chunks are gathered into ~1 MiB blocks and each block goes out with one
+`os.pwritev` (no copy into a joined buffer) in a bounded pool of storage threads, while the event loop
+already receives the next block (double buffering: one block in flight per request). The checksum is
+fed in that thread too (hashlib releases the GIL). The file is opened by the first block and closed by
+the last, so a PATCH costs no thread hop beyond its blocks. Before each block the free space of the
+file system is checked against the reserve (`--min-free-space`), so the database beside the data can
+always commit and a DELETE can always free room. OS errors become `StorageFull` (ENOSPC, EDQUOT, EFBIG),
+`UploadDataLost` (the file vanished under a committed offset) or `StorageUnavailable` (EIO, EMFILE, ...).
+
+With `fsync`, a block is synced before an offset that covers it is committed, the directory entry is
+synced after a file is created, and the truncation at finish and an assembled concatenation are synced:
+what a commit acknowledged survives a power loss (given a disk that honours flushes).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
-from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
+import re
+from collections.abc import AsyncIterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import aiofiles
 import aiofiles.os
-from aiofiles.threadpool.binary import AsyncBufferedIOBase, AsyncBufferedReader
 
-from tusserver.bodies import coalesce
-from tusserver.core import Checkpoint, Upload, is_upload_id
+from tusserver.core import Hasher, Upload, WriteResult, is_upload_id
+from tusserver.errors import StorageFull, StorageUnavailable, TusError, UploadDataLost
 
 READ_SIZE = 1024 * 1024
+BLOCK_SIZE = 1024 * 1024
+"""Bytes gathered before one write: one thread hop per MiB, not per ASGI chunk."""
+_IOV_MAX = 1024
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_RESERVE = re.compile(r"(?P<number>[0-9]+(?:\.[0-9]+)?)\s*%")
+DEFAULT_RESERVE = "auto"
+"""1 % of the file system, at least 64 MiB."""
+
+
+def reserve_bytes(spec: str, total: int) -> int:
+    """`--min-free-space` as bytes for a file system of `total` bytes: `auto`, `N%` or a byte count."""
+    text = spec.strip().lower()
+    if text == DEFAULT_RESERVE:
+        return max(total // 100, 64 * 1024 * 1024)
+    match = _RESERVE.fullmatch(text)
+    if match:
+        return int(total * float(match["number"]) / 100)
+    from tusserver.config import parse_byte_size  # a late import: config imports nothing of storage
+
+    return parse_byte_size(text)
+
+
+def storage_error(exc: OSError, what: str) -> TusError:
+    """The one translation of an OS error on the data directory into an answer."""
+    if exc.errno in _FULL:
+        return StorageFull(f"no room left in storage while {what} ({os.strerror(exc.errno or 0)})")
+    if exc.errno == errno.ENOENT:
+        return UploadDataLost("the upload's stored bytes are missing")
+    name = errno.errorcode.get(exc.errno or 0, "error")
+    return StorageUnavailable(f"storage error while {what} ({name}), retry later", {"Retry-After": "5"})
 
 
 class LocalStorage:
     """Storage in a directory of the local file system (or a shared mount such as NFS)."""
 
-    def __init__(self, directory: Path, fsync: bool = False) -> None:
+    capabilities = frozenset({"concatenation"})
+
+    def __init__(self, directory: Path, fsync: bool = False, min_free_space: str = DEFAULT_RESERVE) -> None:
         self.fsync = fsync
         self.directory = directory.resolve()
         self.directory.mkdir(parents=True, exist_ok=True)
+        stat = os.statvfs(self.directory)
+        self.reserve = reserve_bytes(min_free_space, stat.f_blocks * stat.f_frsize)
+        self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="tusserver-storage")
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
 
     def path(self, upload: Upload) -> Path:
         if not is_upload_id(upload.id):  # defence in depth: handlers reject such IDs first
             raise ValueError(f"not an upload id: {upload.id!r}")
         return self.directory / upload.id
 
+    def free_bytes(self) -> int:
+        """Bytes that may still be written above the reserve (blocking: a quick statvfs)."""
+        stat = os.statvfs(self.directory)
+        return stat.f_bavail * stat.f_frsize - self.reserve
+
+    async def room(self) -> int | None:
+        return max(self.free_bytes(), 0)
+
+    async def _run(self, what: str, function: object, *args: object) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self.pool, function, *args)  # type: ignore[arg-type]
+        except OSError as exc:
+            raise storage_error(exc, what) from exc
+
     async def create(self, upload: Upload) -> Mapping[str, str]:
-        async with aiofiles.open(self.path(upload), "wb"):
-            pass
+        await self._run("creating the upload", self._create_file, self.path(upload))
         return {}
 
-    async def write(
-        self, upload: Upload, chunks: AsyncIterable[bytes], checkpoint: Checkpoint | None = None
-    ) -> int:
-        written = 0
-        # At offset 0 everything on disk is debris: start the file afresh.
-        opening = (
-            aiofiles.open(self.path(upload), "r+b")
-            if upload.offset
-            else aiofiles.open(self.path(upload), "wb")
-        )
-        async with opening as file:
-            await file.seek(upload.offset)
-            async for block in coalesce(chunks):
-                await file.write(block)
-                written += len(block)
-                if checkpoint is not None and checkpoint.due():
-                    await self._sync(file)
-                    await checkpoint.reached(written)
-            await self._sync(file)
-        return written
-
-    async def _sync(self, file: AsyncBufferedIOBase | AsyncBufferedReader) -> None:
-        """With `fsync`, bytes reach the disk before any offset that covers them is committed."""
+    def _create_file(self, path: Path) -> None:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
         if self.fsync:
-            await file.flush()
-            await asyncio.to_thread(os.fsync, file.fileno())
+            self._sync_directory()
+
+    def _sync_directory(self) -> None:
+        fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def writer(self, upload: Upload, hasher: Hasher | None = None) -> LocalWriter:
+        return LocalWriter(self, upload, hasher)
 
     async def concatenate(self, upload: Upload, parts: Sequence[Upload]) -> None:
         sources = [(self.path(part), part.offset) for part in parts]
-        await asyncio.to_thread(_copy_into, self.path(upload), sources)
+        try:
+            await self._run("assembling the upload", self._assemble, self.path(upload), sources)
+        except UploadDataLost:  # a partial was deleted while we read it
+            await self.delete(upload)
+            raise
+
+    def _assemble(self, target: Path, sources: Sequence[tuple[Path, int]]) -> None:
+        _copy_into(target, sources)
+        if self.fsync:
+            fd = os.open(target, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._sync_directory()
 
     async def finish(self, upload: Upload) -> None:
         if upload.length is not None:
-            await asyncio.to_thread(os.truncate, self.path(upload), upload.length)
+            await self._run("finishing the upload", self._truncate, self.path(upload), upload.length)
+
+    def _truncate(self, path: Path, length: int) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)  # a zero-length upload may have no file
+        try:
+            os.ftruncate(fd, length)
+            if self.fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
 
     async def read(self, upload: Upload, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         stop = upload.offset if end is None else min(end, upload.offset)
@@ -100,6 +175,109 @@ class LocalStorage:
         return {"type": "local", "path": str(self.path(upload))}
 
 
+class LocalWriter:
+    """One request's bytes into one file: ~1 MiB `pwritev` blocks, one in flight while the next
+    gathers. `stored` only counts bytes the kernel accepted (and synced, with fsync)."""
+
+    def __init__(self, storage: LocalStorage, upload: Upload, hasher: Hasher | None) -> None:
+        self._storage = storage
+        self._path = storage.path(upload)
+        self._start = upload.offset
+        self._hasher = hasher
+        self._fd = -1
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._submitted = 0
+        self._in_flight: asyncio.Future[None] | None = None
+        self._failure: TusError | None = None
+        self._written = 0
+        self.stored = 0
+
+    async def write(self, chunk: bytes) -> None:
+        self._pending.append(chunk)
+        self._pending_size += len(chunk)
+        if self._pending_size >= BLOCK_SIZE:
+            await self._submit(sync=False, close=False)
+
+    async def flush(self) -> WriteResult:
+        await self._submit(sync=self._storage.fsync, close=False)
+        await self._settle()
+        return self.result()
+
+    async def close(self) -> WriteResult:
+        try:
+            await self._submit(sync=self._storage.fsync, close=True)
+            await self._settle()
+        finally:
+            if self._fd >= 0:  # an error left it open: close without another hop's worth of work
+                with contextlib.suppress(OSError):
+                    os.close(self._fd)
+                self._fd = -1
+        return self.result()
+
+    def result(self) -> WriteResult:
+        return WriteResult(self.stored)
+
+    async def _submit(self, sync: bool, close: bool) -> None:
+        await self._settle()
+        batch, size = self._pending, self._pending_size
+        self._pending, self._pending_size = [], 0
+        if not batch and not sync and not (close and self._fd >= 0):
+            return
+        position = self._start + self._submitted
+        self._submitted += size
+        loop = asyncio.get_running_loop()
+        self._in_flight = loop.run_in_executor(
+            self._storage.pool, self._write_block, batch, size, position, sync, close
+        )
+
+    async def _settle(self) -> None:
+        """Wait for the block in flight; re-raise a failure once it happened."""
+        if self._in_flight is not None:
+            in_flight, self._in_flight = self._in_flight, None
+            try:
+                await in_flight
+            except OSError as exc:
+                self._failure = storage_error(exc, "writing")
+        if self._failure is not None:
+            raise self._failure
+
+    def _write_block(self, batch: list[bytes], size: int, position: int, sync: bool, close: bool) -> None:
+        """In a storage thread: open on first use, check the reserve, hash, write, sync, close."""
+        if self._fd < 0:
+            flags = os.O_WRONLY | (os.O_CREAT | os.O_TRUNC if self._start == 0 else 0)
+            self._fd = os.open(self._path, flags, 0o644)  # at offset 0 everything on disk is debris
+        if size:
+            if self._storage.free_bytes() < size:
+                raise OSError(errno.ENOSPC, "the free space reserve is reached")
+            if self._hasher is not None:
+                for chunk in batch:
+                    self._hasher.update(chunk)
+            self._pwrite_all(batch, position)
+        if sync:
+            os.fsync(self._fd)
+            self.stored = self._written
+        if close:
+            os.close(self._fd)
+            self._fd = -1
+
+    def _pwrite_all(self, buffers: list[bytes], position: int) -> None:
+        """Write every buffer at `position` on, in order, counting each byte the kernel takes (so a
+        write that fails half way still tells what reached the file)."""
+        views = [memoryview(buffer) for buffer in buffers]
+        while views:
+            written = os.pwritev(self._fd, views[:_IOV_MAX], position)
+            position += written
+            self._written += written
+            if not self._storage.fsync:
+                self.stored = self._written
+            while views and written >= len(views[0]):
+                written -= len(views[0])
+                views.pop(0)
+            if written:
+                views[0] = views[0][written:]
+
+
 def _copy_into(target: Path, sources: Sequence[tuple[Path, int]]) -> None:
     """Write the first `count` bytes of each source file, in order, into `target` (in the kernel where
     it can: copy_file_range, without bringing the bytes into this process)."""
@@ -110,5 +288,7 @@ def _copy_into(target: Path, sources: Sequence[tuple[Path, int]]) -> None:
                 while remaining:
                     copied = os.copy_file_range(origin.fileno(), sink.fileno(), min(remaining, 1 << 30))
                     if copied == 0:
-                        raise FileNotFoundError(f"{source} is shorter than its committed offset")
+                        raise FileNotFoundError(
+                            errno.ENOENT, f"{source} is shorter than its committed offset"
+                        )
                     remaining -= copied

@@ -1,8 +1,10 @@
-"""Upload state in SQL: `SqlUploadStore`, one short transaction per call.
+"""Upload state in SQL: `UploadRecords`, one short transaction per call.
 
 Owns every query on the `upload` table, including the lease columns that `locking.py` builds on.
 Offsets only move through a compare-and-set on (offset, lock owner), so a writer that lost its lease
-can never commit. Database failures are translated once, here, into `ServiceUnavailable` (503).
+can never commit. Lease deadlines are computed and compared by the database's clock (`db_now`), never a
+host's, so clock skew between instances cannot make two writers believe they hold the same upload.
+Database failures are translated once, here, into `ServiceUnavailable` (503).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from datetime import datetime
@@ -21,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tusserver.core import Upload
 from tusserver.errors import ServiceUnavailable, UploadNotFound
-from tusserver.schema import upload_table
+from tusserver.schema import db_deadline, db_now, upload_table
 
 log = logging.getLogger(__name__)
 _t = upload_table.c
@@ -30,6 +32,7 @@ _UPLOAD_COLUMNS = (
     _t.created_at, _t.updated_at, _t.expires_at, _t.completed_at,
 )  # fmt: skip
 RETRY_AFTER_SECONDS = "5"
+_RENEW_BATCH = 500  # owners per renewal statement (well under every backend's bound-parameter limit)
 
 
 def _to_upload(row: sa.Row[Any, *tuple[Any, ...]]) -> Upload:
@@ -37,7 +40,7 @@ def _to_upload(row: sa.Row[Any, *tuple[Any, ...]]) -> Upload:
     return Upload(**{column.name: values[column.name] for column in _UPLOAD_COLUMNS})
 
 
-class SqlUploadStore:
+class UploadRecords:
     """The UploadStore backed by SQLAlchemy Core on an async engine."""
 
     def __init__(self, engine: AsyncEngine) -> None:
@@ -64,37 +67,39 @@ class SqlUploadStore:
                 "database unavailable, retry later", {"Retry-After": RETRY_AFTER_SECONDS}
             ) from exc
 
-    async def add(self, upload: Upload, lock_owner: str | None, lock_expires_at: datetime | None) -> None:
-        """Insert a new upload, optionally already leased to `lock_owner`."""
-        row = asdict(upload)
+    async def add(self, upload: Upload, lock_owner: str | None = None, ttl: float = 0.0) -> None:
+        """Insert a new upload, optionally already leased to `lock_owner` for `ttl` seconds."""
+        row: dict[str, Any] = asdict(upload)
         row["storage"] = dict(upload.storage)
-        row.update(lock_owner=lock_owner, lock_expires_at=lock_expires_at, release_requested=False)
+        deadline = db_deadline(ttl) if lock_owner is not None else None
+        row.update(lock_owner=lock_owner, lock_expires_at=deadline, release_requested=False)
         async with self._transaction() as connection:
             await connection.execute(sa.insert(upload_table).values(**row))
 
     async def get(self, upload_id: str) -> Upload:
         return (await self.get_with_lock(upload_id))[0]
 
-    async def get_with_lock(self, upload_id: str, now: datetime | None = None) -> tuple[Upload, bool]:
-        """The upload, and whether a live lease is held on it (at `now`, default: never)."""
-        query = sa.select(*_UPLOAD_COLUMNS, _t.lock_owner, _t.lock_expires_at).where(_t.id == upload_id)
+    async def get_with_lock(self, upload_id: str) -> tuple[Upload, bool]:
+        """The upload, and whether a live lease is held on it (by the database's clock)."""
+        held = sa.and_(_t.lock_owner.is_not(None), _t.lock_expires_at > db_now()).label("held")
+        query = sa.select(*_UPLOAD_COLUMNS, held).where(_t.id == upload_id)
         async with self._open() as connection:  # a read: WAL lets it run beside the writer
             row = (await connection.execute(query)).first()
         if row is None:
             raise UploadNotFound(upload_id)
-        held = now is not None and row.lock_owner is not None and row.lock_expires_at > now
-        return _to_upload(row), held
+        return _to_upload(row), bool(row.held)
 
     async def acquire(
-        self, upload_id: str, owner: str, now: datetime, expires_at: datetime, ask_holder: bool = False
+        self, upload_id: str, owner: str, ttl: float, ask_holder: bool = False
     ) -> Upload | None:
-        """Take the lease if it is free or expired: the upload, or None while someone else holds it.
-        With `ask_holder`, a refused request also asks the holder to let go (takeover)."""
-        free = sa.or_(_t.lock_owner.is_(None), _t.lock_expires_at < now)
+        """Take the lease for `ttl` seconds if it is free or expired (by the database's clock, so skew
+        between hosts cannot hand a live lease to a second writer): the upload, or None while someone
+        else holds it. With `ask_holder`, a refused request also asks the holder to let go (takeover)."""
+        free = sa.or_(_t.lock_owner.is_(None), _t.lock_expires_at < db_now())
         statement = (
             sa.update(upload_table)
             .where(_t.id == upload_id, free)
-            .values(lock_owner=owner, lock_expires_at=expires_at, release_requested=False)
+            .values(lock_owner=owner, lock_expires_at=db_deadline(ttl), release_requested=False)
             .returning(*_UPLOAD_COLUMNS)
         )
         async with self._transaction() as connection:
@@ -123,17 +128,21 @@ class SqlUploadStore:
         if found is None:
             raise UploadNotFound(upload_id)
 
-    async def renew(self, upload_id: str, owner: str, expires_at: datetime) -> tuple[bool, bool]:
-        """Extend a lease this owner still holds: (still held, release requested by another request)."""
-        statement = (
-            sa.update(upload_table)
-            .where(_t.id == upload_id, _t.lock_owner == owner)
-            .values(lock_expires_at=expires_at)
-            .returning(_t.release_requested)
-        )
-        async with self._transaction() as connection:
-            requested = (await connection.execute(statement)).scalar_one_or_none()
-        return requested is not None, bool(requested)
+    async def renew(self, owners: Sequence[str], ttl: float) -> dict[str, bool]:
+        """Extend every lease of `owners` still held, in one statement per batch: owner -> whether
+        another request asked it to let go. An owner missing from the answer has lost its lease."""
+        answers: dict[str, bool] = {}
+        for start in range(0, len(owners), _RENEW_BATCH):
+            statement = (
+                sa.update(upload_table)
+                .where(_t.lock_owner.in_(owners[start : start + _RENEW_BATCH]))
+                .values(lock_expires_at=db_deadline(ttl))
+                .returning(_t.lock_owner, _t.release_requested)
+            )
+            async with self._transaction() as connection:
+                rows = (await connection.execute(statement)).all()
+            answers.update({row.lock_owner: bool(row.release_requested) for row in rows})
+        return answers
 
     async def release(self, upload_id: str, owner: str) -> None:
         statement = (
@@ -144,18 +153,24 @@ class SqlUploadStore:
         async with self._transaction() as connection:
             await connection.execute(statement)
 
-    async def commit(self, upload: Upload, owner: str, old_offset: int, release: bool) -> Upload | None:
-        """Compare-and-set: store `upload`'s offset/length/timestamps if the row is still at
-        `old_offset` and leased to `owner`. Returns the stored upload, or None if that no longer holds."""
+    async def commit(
+        self, upload: Upload, owner: str, old_offset: int, *, release: bool, ttl: float = 0.0
+    ) -> Upload | None:
+        """Compare-and-set: store `upload`'s offset, length, timestamps and storage state if the row
+        is still at `old_offset` and leased to `owner`; then release the lease, or extend it by `ttl`
+        (a checkpoint doubles as a renewal). Returns the stored upload, or None if that no longer holds."""
         changes: dict[str, Any] = {
             "offset": upload.offset,
             "length": upload.length,
             "updated_at": upload.updated_at,
             "expires_at": upload.expires_at,
             "completed_at": upload.completed_at,
+            "storage": dict(upload.storage),
         }
         if release:
             changes.update(lock_owner=None, lock_expires_at=None, release_requested=False)
+        else:
+            changes.update(lock_expires_at=db_deadline(ttl))
         statement = (
             sa.update(upload_table)
             .where(_t.id == upload.id, _t.offset == old_offset, _t.lock_owner == owner)
@@ -165,6 +180,11 @@ class SqlUploadStore:
         async with self._transaction() as connection:
             row = (await connection.execute(statement)).first()
         return None if row is None else _to_upload(row)
+
+    async def forget(self, upload_id: str) -> None:
+        """Delete the row whatever its lease (a creation whose storage could not be prepared)."""
+        async with self._transaction() as connection:
+            await connection.execute(sa.delete(upload_table).where(_t.id == upload_id))
 
     async def expired_ids(self, now: datetime, limit: int) -> list[str]:
         """IDs of uploads whose `expires_at` has passed, oldest first."""

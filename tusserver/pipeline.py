@@ -1,0 +1,377 @@
+"""The write path: one request body from the socket to a committed offset, for PATCH and for
+creation-with-upload.
+
+Owns, in order: the checks before a byte is read (PROTOCOL.md §1.3: 403 final, 409 offset, 413 size,
+checksum syntax), reading the ASGI body straight from `receive` (`BodyReader`), the byte budget, the
+running checksum (fed by the storage writer), checkpoints during long bodies (crash safety; each one
+also renews the lease), the final compare-and-set commit, `Storage.finish` after a completing commit,
+and the answer every way of ending implies:
+
+| how the body ended                      | committed                | answer                |
+|-----------------------------------------|--------------------------|-----------------------|
+| read to its end                         | everything (checksum ok) | 204 / 201             |
+| client disconnected                     | what arrived (no checksum)| (nobody listens)     |
+| another request took over               | what arrived (no checksum)| 409 + Upload-Offset  |
+| this process is shutting down           | what arrived (no checksum)| 503 + Retry-After    |
+| no bytes for --network-timeout seconds  | what arrived (no checksum)| 408                  |
+| lease lost or no longer trusted         | nothing it does not own  | 409                   |
+| storage full / failing / file missing   | what reached storage     | 507 / 503 / 410       |
+| body past Upload-Length (no Content-Length) | up to the length     | 204, as tusd          |
+
+The per-chunk path is a loop over `receive()` with no task, no queue and no generator per chunk: a
+length check, one clock read and the writer's append. A stalled body is interrupted by cancelling the
+one `receive()` it waits on (`BodyReader.poke`); nothing else is ever cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from tusserver.core import Hasher, Storage, StorageWriter, Upload, WriteResult, utcnow
+from tusserver.errors import (
+    BadRequest,
+    ChecksumMismatch,
+    Forbidden,
+    LeaseLost,
+    OffsetMismatch,
+    RequestTimeout,
+    ServiceUnavailable,
+    TooLarge,
+    TusError,
+    UploadGone,
+)
+from tusserver.locking import Lease, LeaseState, UploadLocks
+from tusserver.policy import Policy, is_expired
+from tusserver.protocol import UPLOAD_OFFSET, Checksum, parse_checksum
+from tusserver.records import UploadRecords
+
+log = logging.getLogger(__name__)
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Finished = Callable[[Upload], None]
+
+
+class BodyReader:
+    """The request body straight from ASGI `receive`. `next()` returns the next chunk, or b"" when
+    the body ended (`ended`) or the reader was poked; it never raises for a disconnect."""
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._task: asyncio.Task[Any] | None = None
+        self._waiting = False
+        self._poked = False
+        self.ended = False
+        self.disconnected = False
+
+    def poke(self) -> None:
+        """Wake a `next()` that waits for the client (stop, checkpoint); harmless otherwise."""
+        if self._waiting and not self._poked and self._task is not None:
+            self._poked = True
+            self._task.cancel()
+
+    async def next(self) -> bytes:
+        if self.ended:
+            return b""
+        self._task = asyncio.current_task()
+        self._waiting = True
+        try:
+            message = await self._receive()
+        except asyncio.CancelledError:
+            if not self._poked or self._task is None:
+                raise
+            self._task.uncancel()  # our own poke: the receive stays intact, its bytes stay queued
+            return b""
+        finally:
+            self._waiting = self._poked = False
+        if message["type"] == "http.disconnect":
+            self.ended = self.disconnected = True
+            return b""
+        if not message.get("more_body", False):
+            self.ended = True
+        chunk: bytes = message.get("body", b"")
+        return chunk
+
+    async def queued(self) -> bytes:
+        """A chunk the server already read from the socket, if any, without waiting for the client
+        (so an interrupted request keeps every byte that reached this process)."""
+        if self.ended:
+            return b""
+        waiter = asyncio.ensure_future(self.next())
+        await asyncio.sleep(0)
+        if waiter.done():
+            return waiter.result()
+        self._poked = True
+        waiter.cancel()
+        await asyncio.gather(waiter, return_exceptions=True)
+        return b""
+
+
+@dataclass(frozen=True)
+class Body:
+    """A request body and what its headers promise about it."""
+
+    reader: BodyReader
+    content_length: int | None
+    checksum: str | None = None
+    """The raw `Upload-Checksum` header; parsed only once the other checks passed (K-10)."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a body ended: the upload as committed, and the error to answer with (None: success)."""
+
+    upload: Upload
+    problem: TusError | None = None
+
+
+class WritePipeline:
+    """body -> limit -> checksum -> checkpoint -> commit, for every request that carries upload bytes."""
+
+    def __init__(
+        self,
+        records: UploadRecords,
+        storage: Storage,
+        locks: UploadLocks,
+        policy: Policy,
+        finished: Finished,
+        network_timeout: float = 60.0,
+    ) -> None:
+        self.records = records
+        self.storage = storage
+        self.locks = locks
+        self.policy = policy
+        self.finished = finished
+        self.network_timeout = network_timeout
+
+    async def append(self, upload_id: str, offset: int, body: Body, declared_length: int | None) -> Upload:
+        """PATCH: append `body` at `offset`, declaring a deferred length if given."""
+        async with self.locks.hold(upload_id) as lease:
+            upload = lease.upload
+            if is_expired(upload, utcnow()):
+                raise UploadGone("upload expired")
+            if upload.is_final:
+                raise Forbidden("cannot PATCH a final upload of a concatenation")
+            if offset != upload.offset:
+                raise OffsetMismatch(
+                    f"{UPLOAD_OFFSET} {offset} does not match the upload's offset {upload.offset}",
+                    {UPLOAD_OFFSET: str(upload.offset)},
+                )
+            if declared_length is not None:
+                upload = self._declare_length(upload, declared_length)
+            if upload.completed_at is not None and body.content_length == 0:
+                return upload  # an idempotent retry of the last PATCH (C-P11)
+            self.check(upload, body)
+            outcome = await self.receive(lease, upload, body)
+        if outcome.problem is not None:
+            raise outcome.problem
+        return outcome.upload
+
+    def check(self, upload: Upload, body: Body) -> None:
+        """What can be refused before a byte is read: a declared body too large, a bad checksum header."""
+        room = self.policy.room(upload)
+        if room is not None and body.content_length is not None and body.content_length > room:
+            raise TooLarge(f"body of {body.content_length} bytes exceeds the {room} bytes left")
+        checksum = parse_checksum(body.checksum)
+        if checksum is not None and checksum.digest is None:
+            raise ChecksumMismatch(f"{checksum.algorithm} digest has the wrong length")
+
+    async def receive(self, lease: Lease, upload: Upload, body: Body) -> Outcome:
+        """Stream `body` into storage under `lease` and commit; never raises a `TusError` once the
+        first byte may have been stored (the outcome carries it), so creation can still answer 201."""
+        checksum = parse_checksum(body.checksum)
+        hasher = checksum.hasher() if checksum else None
+        run = _Run(self, lease, upload, body.reader, hasher)
+        lease.on_stop = body.reader.poke
+        lease.on_tick = run.tick
+        try:
+            await run.stream()
+            return await self._conclude(run, checksum)
+        finally:
+            lease.on_stop = lease.on_tick = _nothing
+
+    async def _conclude(self, run: _Run, checksum: Checksum | None) -> Outcome:
+        reader = run.reader
+        stopped = run.stopped_as  # a body read whole counts, even if a stop came just after
+        result = await run.close()
+        problem = run.failure
+        if checksum is not None:
+            problem = problem or _checksum_problem(checksum, run, stopped)
+            if problem is not None:
+                return Outcome(run.upload, problem)  # nothing of this body counts (K-6)
+        upload = await self._commit(run, result)
+        if upload is None:
+            return Outcome(run.upload, LeaseLost("another request took over this upload; resume with HEAD"))
+        return Outcome(upload, problem or _stop_problem(stopped, upload, reader, run))
+
+    async def _commit(self, run: _Run, result: WriteResult) -> Upload | None:
+        """The compare-and-set that makes the stored bytes count, then `finish` if it completed."""
+        before = run.upload
+        upload = self.policy.advanced(before, result.written - run.checkpointed, utcnow())
+        upload = replace(upload, storage={**before.storage, **result.storage})
+        committed = await self.records.commit(upload, run.lease.owner, before.offset, release=True)
+        if committed is None:
+            return None
+        run.lease.move(LeaseState.RELEASED)
+        if committed.completed_at is not None and before.completed_at is None:
+            await self.storage.finish(committed)  # only the request that completed it gets here: once
+            self.finished(committed)
+        return committed
+
+    def _declare_length(self, upload: Upload, length: int) -> Upload:
+        """creation-defer-length: set the length once; repeating the same value is harmless (D-5)."""
+        if upload.length is not None:
+            if length != upload.length:
+                raise BadRequest(f"Upload-Length is already {upload.length} and cannot change")
+            return upload
+        if length < upload.offset:
+            raise BadRequest(f"Upload-Length {length} is below the current offset {upload.offset}")
+        maximum = self.policy.max_size
+        if maximum is not None and length > maximum:
+            raise TooLarge(f"Upload-Length {length} exceeds the maximum of {maximum} bytes")
+        return replace(upload, length=length)
+
+
+class _Run:
+    """The state of one body on its way in: the loop, its budget and its checkpoints."""
+
+    def __init__(
+        self, pipeline: WritePipeline, lease: Lease, upload: Upload, reader: BodyReader, hasher: Hasher | None
+    ) -> None:
+        self.pipeline = pipeline
+        self.lease = lease
+        self.upload = upload
+        self.reader = reader
+        self.hasher = hasher
+        self.checksummed = hasher is not None
+        self.writer: StorageWriter = pipeline.storage.writer(upload, hasher)
+        self.room = pipeline.policy.room(upload)
+        self.exceeded = False
+        self.received = 0
+        self.checkpointed = 0
+        self.failure: TusError | None = None
+        every = None if self.checksummed else pipeline.policy.commit_every
+        self.every = every
+        self.next_checkpoint = time.monotonic() + every if every else float("inf")
+        self.last_bytes_at = time.monotonic()
+        self.stopped_as = LeaseState.HELD
+        """The lease's state when the loop ended early; HELD if the body ended by itself."""
+
+    async def stream(self) -> None:
+        lease, reader = self.lease, self.reader
+        try:
+            while not lease.stopping:
+                chunk = await reader.next()
+                if chunk:
+                    now = time.monotonic()
+                    self.last_bytes_at = now
+                    if not await self._take(chunk, now):
+                        self.stopped_as = lease.state  # LOST, or HELD when the budget ran out
+                        return
+                    if now >= self.next_checkpoint:
+                        await self._checkpoint()
+                elif reader.ended:
+                    return
+                elif time.monotonic() >= self.next_checkpoint:
+                    await self._checkpoint()  # poked while the client is slow: commit what came
+            self.stopped_as = lease.state
+            await self._drain()
+        except TusError as problem:  # storage full or failing: stop reading, keep what was stored
+            self.failure = problem
+
+    async def _take(self, chunk: bytes, now: float) -> bool:
+        """Budget, trust, then the writer; False once the body must not go on."""
+        if self.room is not None and self.received + len(chunk) > self.room:
+            chunk = chunk[: self.room - self.received]
+            self.exceeded = True
+        if not self.lease.trusted(now):
+            return False
+        self.received += len(chunk)
+        if chunk:
+            await self.writer.write(chunk)
+        return not self.exceeded
+
+    async def _drain(self) -> None:
+        """Stopped early: keep what the server already read from the socket (not with a checksum,
+        which will not count anyway, nor once the lease is lost)."""
+        if self.checksummed or self.lease.state is LeaseState.LOST:
+            return
+        while chunk := await self.reader.queued():
+            if not await self._take(chunk, time.monotonic()):
+                return
+
+    async def _checkpoint(self) -> None:
+        """Make what arrived durable and count it, renewing the lease in the same statement."""
+        assert self.every is not None
+        self.next_checkpoint = time.monotonic() + self.every
+        result = await self.writer.flush()
+        pipeline, before = self.pipeline, self.upload
+        upload = pipeline.policy.advanced(before, result.written - self.checkpointed, utcnow())
+        if upload.is_complete:
+            return  # finishing belongs to the final commit
+        upload = replace(upload, storage={**before.storage, **result.storage})
+        sent_at = time.monotonic()
+        committed = await pipeline.records.commit(
+            upload, self.lease.owner, before.offset, release=False, ttl=pipeline.locks.ttl
+        )
+        if committed is None:
+            self.lease.move(LeaseState.LOST)
+            return
+        self.lease.renewed(sent_at)
+        self.upload, self.checkpointed = committed, result.written
+
+    def tick(self, now: float) -> None:
+        """About once a second, from the lease keeper: a silent client times out; a slow one gets
+        its bytes committed when the commit interval passed, not only when a block filled."""
+        if now - self.last_bytes_at >= self.pipeline.network_timeout:
+            self.lease.move(LeaseState.TIMED_OUT)
+        elif now >= self.next_checkpoint and self.received > self.checkpointed:
+            self.reader.poke()
+
+    async def close(self) -> WriteResult:
+        try:
+            return await self.writer.close()
+        except TusError as problem:
+            self.failure = self.failure or problem
+            return self.writer.result()
+
+
+def _checksum_problem(checksum: Checksum, run: _Run, stopped: LeaseState) -> TusError | None:
+    """A checksummed body counts only if it arrived whole and matches (K-5, K-6)."""
+    if stopped is not LeaseState.HELD:
+        return _interruption(stopped, run.upload, run.pipeline.network_timeout)
+    if run.exceeded:
+        return TooLarge("body exceeds the upload's length; nothing was stored")
+    if run.reader.disconnected:
+        return BadRequest("body incomplete; with Upload-Checksum nothing was stored")
+    if run.hasher is None or run.hasher.digest() != checksum.digest:
+        return ChecksumMismatch(f"{checksum.algorithm} checksum mismatch; nothing was stored")
+    return None
+
+
+def _stop_problem(stopped: LeaseState, upload: Upload, reader: BodyReader, run: _Run) -> TusError | None:
+    """The answer for a body that did not end by itself (None: it did, or nobody listens)."""
+    if stopped is LeaseState.HELD or reader.disconnected:
+        if run.exceeded and upload.length is None:
+            return TooLarge(f"body exceeds the maximum size; {upload.offset} bytes are stored")
+        return None
+    return _interruption(stopped, upload, run.pipeline.network_timeout)
+
+
+def _interruption(stopped: LeaseState, upload: Upload, network_timeout: float) -> TusError:
+    offset = {UPLOAD_OFFSET: str(upload.offset)}
+    if stopped is LeaseState.SHUTDOWN:
+        message = f"server shutting down; {upload.offset} bytes are stored, resume elsewhere"
+        return ServiceUnavailable(message, {**offset, "Retry-After": "1"})
+    if stopped is LeaseState.TIMED_OUT:
+        return RequestTimeout(f"no bytes for {network_timeout:g} s; {upload.offset} bytes are stored", offset)
+    if stopped is LeaseState.LOST:
+        return LeaseLost("this request lost its hold on the upload; resume with HEAD")
+    return OffsetMismatch(f"another request took over this upload; resume at {upload.offset}", offset)
+
+
+def _nothing(*_: object) -> None:
+    return None
