@@ -95,6 +95,7 @@ async def test_request_gets_423_when_the_holder_does_not_let_go(tmp_path: Path, 
             assert blocked.status_code == 423
             assert "busy" in blocked.text
             assert await offset_of(client, path) == 0
+            await store.close()
         finally:
             await engine.dispose()
 
@@ -109,6 +110,7 @@ async def test_a_lease_left_by_a_dead_process_expires(tmp_path: Path, database_u
             store = UploadRecords(engine)
             taken = await store.acquire(upload_id, "dead-host:1:x", ttl=1)
             assert taken is not None
+            await store.close()
         finally:
             await engine.dispose()
         response = await client.patch(path, content=b"abc", headers={**OCTETS, "Upload-Offset": "0"})
@@ -130,5 +132,6 @@ async def test_commit_by_a_writer_that_lost_its_lease_is_refused(database_url: s
         assert await store.renew(["owner-1", "owner-2"], ttl=30) == {"owner-2": False}
         assert await store.commit(replace(second, offset=2), "owner-2", 0, release=True) is not None
         assert (await store.get(upload_id)).offset == 2
+        await store.close()
     finally:
         await engine.dispose()

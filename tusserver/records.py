@@ -1,29 +1,28 @@
-"""Upload state in SQL: `UploadRecords`, one short transaction per call.
+"""Upload state in SQL: `UploadRecords`, one statement (its own transaction) per call.
 
 Owns every query on the `upload` table, including the lease columns that `locking.py` builds on.
 Offsets only move through a compare-and-set on (offset, lock owner), so a writer that lost its lease
 can never commit. Lease deadlines are computed and compared by the database's clock (`db_now`), never a
 host's, so clock skew between instances cannot make two writers believe they hold the same upload.
-Database failures are translated once, here, into `ServiceUnavailable` (503).
+Statements run through `statements.py`, which picks the cheapest path per database and translates
+failures into `ServiceUnavailable` (503).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tusserver.core import Upload
-from tusserver.errors import ServiceUnavailable, UploadNotFound
+from tusserver.errors import UploadNotFound
 from tusserver.schema import db_deadline, db_now, upload_table
+from tusserver.statements import AsyncRunner, SqliteRunner, StatementRunner
 
 log = logging.getLogger(__name__)
 _t = upload_table.c
@@ -31,7 +30,6 @@ _UPLOAD_COLUMNS = (
     _t.id, _t.offset, _t.length, _t.metadata, _t.concat, _t.storage,
     _t.created_at, _t.updated_at, _t.expires_at, _t.completed_at,
 )  # fmt: skip
-RETRY_AFTER_SECONDS = "5"
 _RENEW_BATCH = 500  # owners per renewal statement (well under every backend's bound-parameter limit)
 
 
@@ -41,31 +39,22 @@ def _to_upload(row: sa.Row[Any, *tuple[Any, ...]]) -> Upload:
 
 
 class UploadRecords:
-    """The UploadStore backed by SQLAlchemy Core on an async engine."""
+    """Upload rows, on SQLite or PostgreSQL."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, fsync: bool = False) -> None:
         self.engine = engine
-        # SQLite runs one writer at a time. Queueing this process's transactions here is fair and
-        # immediate, where contending inside SQLite means its busy handler's sleeps (long tails).
-        self._serialize = engine.dialect.name == "sqlite"
-        self._turn = asyncio.Lock()
+        database = engine.url.database
+        self._runner: StatementRunner = (
+            SqliteRunner(database, fsync)
+            if engine.dialect.name == "sqlite" and database and database != ":memory:"
+            else AsyncRunner(engine)
+        )
 
-    @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
-        turn = self._turn if self._serialize else contextlib.nullcontext()
-        async with turn, self._open() as connection:
-            yield connection
+    async def close(self) -> None:
+        await self._runner.close()
 
-    @asynccontextmanager
-    async def _open(self) -> AsyncIterator[AsyncConnection]:
-        try:
-            async with self.engine.begin() as connection:
-                yield connection
-        except (sa.exc.OperationalError, sa.exc.InterfaceError, OSError) as exc:
-            log.warning("database_unavailable error=%s", type(exc).__name__)
-            raise ServiceUnavailable(
-                "database unavailable, retry later", {"Retry-After": RETRY_AFTER_SECONDS}
-            ) from exc
+    async def _run(self, statement: sa.Executable) -> Sequence[sa.Row[Any]]:
+        return (await self._runner.run(statement)).rows
 
     async def add(self, upload: Upload, lock_owner: str | None = None, ttl: float = 0.0) -> None:
         """Insert a new upload, optionally already leased to `lock_owner` for `ttl` seconds."""
@@ -73,8 +62,7 @@ class UploadRecords:
         row["storage"] = dict(upload.storage)
         deadline = db_deadline(ttl) if lock_owner is not None else None
         row.update(lock_owner=lock_owner, lock_expires_at=deadline, release_requested=False)
-        async with self._transaction() as connection:
-            await connection.execute(sa.insert(upload_table).values(**row))
+        await self._runner.run(sa.insert(upload_table).values(**row))
 
     async def get(self, upload_id: str) -> Upload:
         return (await self.get_with_lock(upload_id))[0]
@@ -82,19 +70,18 @@ class UploadRecords:
     async def get_with_lock(self, upload_id: str) -> tuple[Upload, bool]:
         """The upload, and whether a live lease is held on it (by the database's clock)."""
         held = sa.and_(_t.lock_owner.is_not(None), _t.lock_expires_at > db_now()).label("held")
-        query = sa.select(*_UPLOAD_COLUMNS, held).where(_t.id == upload_id)
-        async with self._open() as connection:  # a read: WAL lets it run beside the writer
-            row = (await connection.execute(query)).first()
-        if row is None:
+        rows = await self._run(sa.select(*_UPLOAD_COLUMNS, held).where(_t.id == upload_id))
+        if not rows:
             raise UploadNotFound(upload_id)
-        return _to_upload(row), bool(row.held)
+        return _to_upload(rows[0]), bool(rows[0].held)
 
     async def acquire(
         self, upload_id: str, owner: str, ttl: float, ask_holder: bool = False
     ) -> Upload | None:
         """Take the lease for `ttl` seconds if it is free or expired (by the database's clock, so skew
         between hosts cannot hand a live lease to a second writer): the upload, or None while someone
-        else holds it. With `ask_holder`, a refused request also asks the holder to let go (takeover)."""
+        else holds it. With `ask_holder`, a refused request also asks the holder to let go (takeover).
+        Raises `UploadNotFound` for an unknown upload."""
         free = sa.or_(_t.lock_owner.is_(None), _t.lock_expires_at < db_now())
         statement = (
             sa.update(upload_table)
@@ -102,31 +89,25 @@ class UploadRecords:
             .values(lock_owner=owner, lock_expires_at=db_deadline(ttl), release_requested=False)
             .returning(*_UPLOAD_COLUMNS)
         )
-        async with self._transaction() as connection:
-            row = (await connection.execute(statement)).first()
-            if row is None and not await self._ask_release(connection, upload_id, ask_holder):
-                await self._require_exists(connection, upload_id)
-        return None if row is None else _to_upload(row)
+        rows = await self._run(statement)
+        if rows:
+            return _to_upload(rows[0])
+        asked = ask_holder and await self._ask_release(upload_id)
+        if not asked and not await self._run(sa.select(_t.id).where(_t.id == upload_id)):
+            raise UploadNotFound(upload_id)
+        return None
 
-    async def _ask_release(self, connection: AsyncConnection, upload_id: str, ask: bool) -> bool:
-        if not ask:
-            return False
+    async def _ask_release(self, upload_id: str) -> bool:
         statement = (
             sa.update(upload_table)
             .where(_t.id == upload_id, _t.lock_owner.is_not(None))
             .values(release_requested=True)
         )
-        return bool((await connection.execute(statement)).rowcount)
+        return bool((await self._runner.run(statement)).rowcount)
 
     async def request_release(self, upload_id: str) -> None:
         """Ask whoever holds the upload's lease to stop and let go."""
-        async with self._transaction() as connection:
-            await self._ask_release(connection, upload_id, True)
-
-    async def _require_exists(self, connection: AsyncConnection, upload_id: str) -> None:
-        found = await connection.scalar(sa.select(_t.id).where(_t.id == upload_id))
-        if found is None:
-            raise UploadNotFound(upload_id)
+        await self._ask_release(upload_id)
 
     async def renew(self, owners: Sequence[str], ttl: float) -> dict[str, bool]:
         """Extend every lease of `owners` still held, in one statement per batch: owner -> whether
@@ -139,8 +120,7 @@ class UploadRecords:
                 .values(lock_expires_at=db_deadline(ttl))
                 .returning(_t.lock_owner, _t.release_requested)
             )
-            async with self._transaction() as connection:
-                rows = (await connection.execute(statement)).all()
+            rows = await self._run(statement)
             answers.update({row.lock_owner: bool(row.release_requested) for row in rows})
         return answers
 
@@ -150,8 +130,7 @@ class UploadRecords:
             .where(_t.id == upload_id, _t.lock_owner == owner)
             .values(lock_owner=None, lock_expires_at=None, release_requested=False)
         )
-        async with self._transaction() as connection:
-            await connection.execute(statement)
+        await self._runner.run(statement)
 
     async def commit(
         self, upload: Upload, owner: str, old_offset: int, *, release: bool, ttl: float = 0.0
@@ -177,24 +156,19 @@ class UploadRecords:
             .values(**changes)
             .returning(*_UPLOAD_COLUMNS)
         )
-        async with self._transaction() as connection:
-            row = (await connection.execute(statement)).first()
-        return None if row is None else _to_upload(row)
+        rows = await self._run(statement)
+        return _to_upload(rows[0]) if rows else None
 
     async def forget(self, upload_id: str) -> None:
         """Delete the row whatever its lease (a creation whose storage could not be prepared)."""
-        async with self._transaction() as connection:
-            await connection.execute(sa.delete(upload_table).where(_t.id == upload_id))
+        await self._runner.run(sa.delete(upload_table).where(_t.id == upload_id))
 
     async def expired_ids(self, now: datetime, limit: int) -> list[str]:
         """IDs of uploads whose `expires_at` has passed, oldest first."""
         query = sa.select(_t.id).where(_t.expires_at <= now).order_by(_t.expires_at).limit(limit)
-        async with self._open() as connection:
-            return list((await connection.scalars(query)).all())
+        return [row.id for row in await self._run(query)]
 
     async def delete(self, upload_id: str, owner: str) -> bool:
         """Delete the row if `owner` holds its lease; False if it did not."""
         statement = sa.delete(upload_table).where(_t.id == upload_id, _t.lock_owner == owner)
-        async with self._transaction() as connection:
-            result = await connection.execute(statement)
-        return bool(result.rowcount)
+        return bool((await self._runner.run(statement)).rowcount)

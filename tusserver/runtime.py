@@ -62,10 +62,11 @@ async def running(settings: Settings, hooks: Sequence[Hook] = ()) -> AsyncIterat
     engine = make_engine(settings.resolved_database_url, fsync=settings.fsync)
     runner = HookRunner(hooks)
     storage: LocalStorage | None = None
+    records: UploadRecords | None = None
     keeper: asyncio.Task[None] | None = None
     try:
         await migrate(engine)
-        records = UploadRecords(engine)
+        records = UploadRecords(engine, settings.fsync)
         locks = UploadLocks(records, instance_name(), settings.lock_ttl, settings.lock_timeout)
         _write_errors_instead_of_signals()
         storage = LocalStorage(settings.uploads_dir, settings.fsync, settings.min_free_space)
@@ -81,6 +82,8 @@ async def running(settings: Settings, hooks: Sequence[Hook] = ()) -> AsyncIterat
         await runner.aclose(settings.hook_timeout)
         if storage is not None:
             storage.close()
+        if records is not None:
+            await records.close()
         await engine.dispose()
 
 
