@@ -31,6 +31,62 @@ _UPLOAD_COLUMNS = (
     _t.created_at, _t.updated_at, _t.expires_at, _t.completed_at,
 )  # fmt: skip
 _RENEW_BATCH = 500  # owners per renewal statement (well under every backend's bound-parameter limit)
+_p = sa.bindparam
+
+
+def _set(column: str) -> sa.BindParameter[Any]:
+    """A bound value for a SET clause (names must differ from the columns')."""
+    return _p(f"set_{column}", type_=upload_table.c[column].type)
+
+
+# Statements are built once: SQLAlchemy then reuses their compiled form and cache key, which costs a
+# fraction of building a statement per call on the per-request path.
+_ID = _t.id == _p("upload_id")
+_FREE = sa.or_(_t.lock_owner.is_(None), _t.lock_expires_at < db_now())
+_TTL = db_deadline(_p("ttl", type_=sa.Float))
+_GET = sa.select(
+    *_UPLOAD_COLUMNS, sa.and_(_t.lock_owner.is_not(None), _t.lock_expires_at > db_now()).label("held")
+).where(_ID)
+_EXISTS = sa.select(_t.id).where(_ID)
+_ACQUIRE = (
+    sa.update(upload_table)
+    .where(_ID, _FREE)
+    .values(lock_owner=_p("owner"), lock_expires_at=_TTL, release_requested=False)
+    .returning(*_UPLOAD_COLUMNS)
+)
+_ASK_RELEASE = sa.update(upload_table).where(_ID, _t.lock_owner.is_not(None)).values(release_requested=True)
+_RENEW = (
+    sa.update(upload_table)
+    .where(_t.lock_owner.in_(_p("owners", expanding=True)))
+    .values(lock_expires_at=_TTL)
+    .returning(_t.lock_owner, _t.release_requested)
+)
+_OWNED = sa.and_(_ID, _t.lock_owner == _p("owner"))
+_RELEASE = (
+    sa.update(upload_table)
+    .where(_OWNED)
+    .values(lock_owner=None, lock_expires_at=None, release_requested=False)
+)
+_PROGRESS = {
+    name: _set(name) for name in ("offset", "length", "updated_at", "expires_at", "completed_at", "storage")
+}
+_COMMIT_WHERE = (_ID, _t.offset == _p("old_offset"), _t.lock_owner == _p("owner"))
+_COMMIT_RELEASE = (
+    sa.update(upload_table)
+    .where(*_COMMIT_WHERE)
+    .values(**_PROGRESS, lock_owner=None, lock_expires_at=None, release_requested=False)
+    .returning(*_UPLOAD_COLUMNS)
+)
+_COMMIT_KEEP = (
+    sa.update(upload_table)
+    .where(*_COMMIT_WHERE)
+    .values(**_PROGRESS, lock_expires_at=_TTL)
+    .returning(*_UPLOAD_COLUMNS)
+)
+_INSERT = sa.insert(upload_table)
+_INSERT_LEASED = sa.insert(upload_table).values(lock_expires_at=_TTL)
+_FORGET = sa.delete(upload_table).where(_ID)
+_DELETE = sa.delete(upload_table).where(_OWNED)
 
 
 def _to_upload(row: sa.Row[Any, *tuple[Any, ...]]) -> Upload:
@@ -53,24 +109,27 @@ class UploadRecords:
     async def close(self) -> None:
         await self._runner.close()
 
-    async def _run(self, statement: sa.Executable) -> Sequence[sa.Row[Any]]:
-        return (await self._runner.run(statement)).rows
+    async def _rows(self, statement: sa.Executable, **params: Any) -> Sequence[sa.Row[Any]]:
+        return (await self._runner.run(statement, params)).rows
+
+    async def _count(self, statement: sa.Executable, **params: Any) -> int:
+        return (await self._runner.run(statement, params)).rowcount
 
     async def add(self, upload: Upload, lock_owner: str | None = None, ttl: float = 0.0) -> None:
         """Insert a new upload, optionally already leased to `lock_owner` for `ttl` seconds."""
         row: dict[str, Any] = asdict(upload)
-        row["storage"] = dict(upload.storage)
-        deadline = db_deadline(ttl) if lock_owner is not None else None
-        row.update(lock_owner=lock_owner, lock_expires_at=deadline, release_requested=False)
-        await self._runner.run(sa.insert(upload_table).values(**row))
+        row.update(storage=dict(upload.storage), lock_owner=lock_owner, release_requested=False)
+        if lock_owner is None:
+            await self._runner.run(_INSERT, {**row, "lock_expires_at": None})
+        else:
+            await self._runner.run(_INSERT_LEASED, {**row, "ttl": ttl})
 
     async def get(self, upload_id: str) -> Upload:
         return (await self.get_with_lock(upload_id))[0]
 
     async def get_with_lock(self, upload_id: str) -> tuple[Upload, bool]:
         """The upload, and whether a live lease is held on it (by the database's clock)."""
-        held = sa.and_(_t.lock_owner.is_not(None), _t.lock_expires_at > db_now()).label("held")
-        rows = await self._run(sa.select(*_UPLOAD_COLUMNS, held).where(_t.id == upload_id))
+        rows = await self._rows(_GET, upload_id=upload_id)
         if not rows:
             raise UploadNotFound(upload_id)
         return _to_upload(rows[0]), bool(rows[0].held)
@@ -82,55 +141,30 @@ class UploadRecords:
         between hosts cannot hand a live lease to a second writer): the upload, or None while someone
         else holds it. With `ask_holder`, a refused request also asks the holder to let go (takeover).
         Raises `UploadNotFound` for an unknown upload."""
-        free = sa.or_(_t.lock_owner.is_(None), _t.lock_expires_at < db_now())
-        statement = (
-            sa.update(upload_table)
-            .where(_t.id == upload_id, free)
-            .values(lock_owner=owner, lock_expires_at=db_deadline(ttl), release_requested=False)
-            .returning(*_UPLOAD_COLUMNS)
-        )
-        rows = await self._run(statement)
+        rows = await self._rows(_ACQUIRE, upload_id=upload_id, owner=owner, ttl=ttl)
         if rows:
             return _to_upload(rows[0])
-        asked = ask_holder and await self._ask_release(upload_id)
-        if not asked and not await self._run(sa.select(_t.id).where(_t.id == upload_id)):
+        asked = ask_holder and await self._count(_ASK_RELEASE, upload_id=upload_id) > 0
+        if not asked and not await self._rows(_EXISTS, upload_id=upload_id):
             raise UploadNotFound(upload_id)
         return None
 
-    async def _ask_release(self, upload_id: str) -> bool:
-        statement = (
-            sa.update(upload_table)
-            .where(_t.id == upload_id, _t.lock_owner.is_not(None))
-            .values(release_requested=True)
-        )
-        return bool((await self._runner.run(statement)).rowcount)
-
     async def request_release(self, upload_id: str) -> None:
         """Ask whoever holds the upload's lease to stop and let go."""
-        await self._ask_release(upload_id)
+        await self._count(_ASK_RELEASE, upload_id=upload_id)
 
     async def renew(self, owners: Sequence[str], ttl: float) -> dict[str, bool]:
         """Extend every lease of `owners` still held, in one statement per batch: owner -> whether
         another request asked it to let go. An owner missing from the answer has lost its lease."""
         answers: dict[str, bool] = {}
         for start in range(0, len(owners), _RENEW_BATCH):
-            statement = (
-                sa.update(upload_table)
-                .where(_t.lock_owner.in_(owners[start : start + _RENEW_BATCH]))
-                .values(lock_expires_at=db_deadline(ttl))
-                .returning(_t.lock_owner, _t.release_requested)
-            )
-            rows = await self._run(statement)
+            batch = list(owners[start : start + _RENEW_BATCH])
+            rows = await self._rows(_RENEW, owners=batch, ttl=ttl)
             answers.update({row.lock_owner: bool(row.release_requested) for row in rows})
         return answers
 
     async def release(self, upload_id: str, owner: str) -> None:
-        statement = (
-            sa.update(upload_table)
-            .where(_t.id == upload_id, _t.lock_owner == owner)
-            .values(lock_owner=None, lock_expires_at=None, release_requested=False)
-        )
-        await self._runner.run(statement)
+        await self._count(_RELEASE, upload_id=upload_id, owner=owner)
 
     async def commit(
         self, upload: Upload, owner: str, old_offset: int, *, release: bool, ttl: float = 0.0
@@ -138,37 +172,30 @@ class UploadRecords:
         """Compare-and-set: store `upload`'s offset, length, timestamps and storage state if the row
         is still at `old_offset` and leased to `owner`; then release the lease, or extend it by `ttl`
         (a checkpoint doubles as a renewal). Returns the stored upload, or None if that no longer holds."""
-        changes: dict[str, Any] = {
-            "offset": upload.offset,
-            "length": upload.length,
-            "updated_at": upload.updated_at,
-            "expires_at": upload.expires_at,
-            "completed_at": upload.completed_at,
-            "storage": dict(upload.storage),
-        }
-        if release:
-            changes.update(lock_owner=None, lock_expires_at=None, release_requested=False)
-        else:
-            changes.update(lock_expires_at=db_deadline(ttl))
-        statement = (
-            sa.update(upload_table)
-            .where(_t.id == upload.id, _t.offset == old_offset, _t.lock_owner == owner)
-            .values(**changes)
-            .returning(*_UPLOAD_COLUMNS)
+        rows = await self._rows(
+            _COMMIT_RELEASE if release else _COMMIT_KEEP,
+            upload_id=upload.id,
+            owner=owner,
+            old_offset=old_offset,
+            ttl=ttl,
+            set_offset=upload.offset,
+            set_length=upload.length,
+            set_updated_at=upload.updated_at,
+            set_expires_at=upload.expires_at,
+            set_completed_at=upload.completed_at,
+            set_storage=dict(upload.storage),
         )
-        rows = await self._run(statement)
         return _to_upload(rows[0]) if rows else None
 
     async def forget(self, upload_id: str) -> None:
         """Delete the row whatever its lease (a creation whose storage could not be prepared)."""
-        await self._runner.run(sa.delete(upload_table).where(_t.id == upload_id))
+        await self._count(_FORGET, upload_id=upload_id)
 
     async def expired_ids(self, now: datetime, limit: int) -> list[str]:
         """IDs of uploads whose `expires_at` has passed, oldest first."""
         query = sa.select(_t.id).where(_t.expires_at <= now).order_by(_t.expires_at).limit(limit)
-        return [row.id for row in await self._run(query)]
+        return [row.id for row in await self._rows(query)]
 
     async def delete(self, upload_id: str, owner: str) -> bool:
         """Delete the row if `owner` holds its lease; False if it did not."""
-        statement = sa.delete(upload_table).where(_t.id == upload_id, _t.lock_owner == owner)
-        return bool((await self._runner.run(statement)).rowcount)
+        return await self._count(_DELETE, upload_id=upload_id, owner=owner) > 0

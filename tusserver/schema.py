@@ -82,8 +82,8 @@ class db_deadline(sa.sql.expression.FunctionElement[datetime]):
     type = UTCDateTime()
     inherit_cache = True
 
-    def __init__(self, seconds: float) -> None:
-        super().__init__(sa.literal(float(seconds), sa.Float))
+    def __init__(self, seconds: float | sa.BindParameter[float]) -> None:
+        super().__init__(seconds if isinstance(seconds, sa.BindParameter) else sa.literal(seconds, sa.Float))
 
 
 @compiles(db_now)

@@ -50,8 +50,11 @@ class Ran:
     rowcount: int
 
 
+Params = dict[str, Any]
+
+
 class StatementRunner(Protocol):
-    async def run(self, statement: sa.Executable) -> Ran: ...
+    async def run(self, statement: sa.Executable, params: Params | None = None) -> Ran: ...
 
     async def close(self) -> None: ...
 
@@ -67,10 +70,10 @@ class AsyncRunner:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine.execution_options(isolation_level="AUTOCOMMIT")
 
-    async def run(self, statement: sa.Executable) -> Ran:
+    async def run(self, statement: sa.Executable, params: Params | None = None) -> Ran:
         try:
             async with self._engine.connect() as connection:
-                result = await connection.execute(statement)
+                result = await connection.execute(statement, params)
                 rows = result.all() if result.returns_rows else []
                 return Ran(rows, result.rowcount)
         except _UNAVAILABLE as exc:
@@ -95,16 +98,16 @@ class SqliteRunner:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="tusserver-db") if fsync else None
         self._checkpointer: asyncio.Task[None] | None = None
 
-    async def run(self, statement: sa.Executable) -> Ran:
+    async def run(self, statement: sa.Executable, params: Params | None = None) -> Ran:
         self._start_checkpoints()
         deadline = time.monotonic() + BUSY_PATIENCE
         delay = 0.001
         while True:
             try:
                 if self._thread is None:
-                    return self._run_now(statement)
+                    return self._run_now(statement, params)
                 loop = asyncio.get_running_loop()
-                return await loop.run_in_executor(self._thread, self._run_now, statement)
+                return await loop.run_in_executor(self._thread, self._run_now, statement, params)
             except sa.exc.OperationalError as exc:
                 if not _busy(exc) or time.monotonic() + delay > deadline:
                     raise unavailable(exc) from exc
@@ -113,12 +116,12 @@ class SqliteRunner:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.05)
 
-    def _run_now(self, statement: sa.Executable) -> Ran:
+    def _run_now(self, statement: sa.Executable, params: Params | None) -> Ran:
         if self._connection is None:
             self._connection = self._engine.connect()
         connection = self._connection
         try:
-            result = connection.execute(statement)
+            result = connection.execute(statement, params)
             rows = result.all() if result.returns_rows else []
             count = len(rows) if rows else result.rowcount
             connection.commit()

@@ -228,12 +228,17 @@ class LocalWriter:
             await self._submit(sync=False, close=False)
 
     async def _open(self) -> None:
-        # Never O_TRUNC: ext4 flushes a file truncated to zero and rewritten when it is closed
-        # (auto_da_alloc), which cost a third of a 1 GiB PATCH. Debris beyond the offset is harmless.
+        """Open on first use: on the loop like the writes (a dentry-cache lookup), else in a thread.
+        Never O_TRUNC: ext4 flushes a file truncated to zero and rewritten when it is closed
+        (auto_da_alloc), which cost a third of a 1 GiB PATCH; debris beyond the offset is harmless.
+        At offset 0 a file that went missing holds nothing yet and is made again; beyond, it is lost."""
         flags = os.O_WRONLY | (os.O_CREAT if self._start == 0 else 0)
-        loop = asyncio.get_running_loop()
-        try:  # at offset 0 a file that went missing holds nothing yet: make it again
-            self._fd = await loop.run_in_executor(self._storage.pool, os.open, self._path, flags, 0o644)
+        try:
+            if self._storage.writes_inline():
+                self._fd = os.open(self._path, flags, 0o644)
+            else:
+                loop = asyncio.get_running_loop()
+                self._fd = await loop.run_in_executor(self._storage.pool, os.open, self._path, flags, 0o644)
         except OSError as exc:
             self._failure = storage_error(exc, "opening the upload")
             raise self._failure from exc
