@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -43,11 +43,14 @@ class ServerProcess:
         database_url: str,
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
+        preexec: Callable[[], None] | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.database_url = database_url
         self.extra_args = list(extra_args)
         self.env = dict(env or {})
+        self.preexec = preexec
+        """Runs in the child before exec (e.g. to set a resource limit)."""
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.parent / f"server-{self.port}.log"
@@ -65,7 +68,9 @@ class ServerProcess:
         ]  # fmt: skip
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **self.env}
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=log)
+            self.process = subprocess.Popen(
+                command, cwd=REPO_ROOT, env=env, stdout=log, stderr=log, preexec_fn=self.preexec
+            )
         wait_for_port(self.port, self.process)
 
     def kill(self) -> None:

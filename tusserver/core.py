@@ -125,6 +125,11 @@ class StorageWriter(Protocol):
         """`flush`, then release the writer's resources (also after an error)."""
         ...
 
+    async def abort(self) -> WriteResult:
+        """Release the writer's resources without storing what it still holds back (a writer that
+        lost its lease must not write another byte)."""
+        ...
+
     def result(self) -> WriteResult:
         """What is known to be stored now, without waiting (after an error, too)."""
         ...

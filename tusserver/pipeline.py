@@ -306,6 +306,8 @@ class _Run:
     async def _checkpoint(self) -> None:
         """Make what arrived durable and count it, renewing the lease in the same statement."""
         assert self.every is not None
+        if not self.lease.trusted(time.monotonic()):
+            return  # LOST now: the loop stops, and nothing held back is written
         self.next_checkpoint = time.monotonic() + self.every
         result = await self.writer.flush()
         pipeline, before = self.pipeline, self.upload
@@ -332,7 +334,10 @@ class _Run:
             self.reader.poke()
 
     async def close(self) -> WriteResult:
+        """Store what is held back, unless the lease is lost: then not one more byte goes out."""
         try:
+            if self.lease.state is LeaseState.LOST:
+                return await self.writer.abort()
             return await self.writer.close()
         except TusError as problem:
             self.failure = self.failure or problem

@@ -282,6 +282,16 @@ class LocalWriter:
                 self._fd = -1
         return self.result()
 
+    async def abort(self) -> WriteResult:
+        self._pending, self._pending_size = [], 0
+        with contextlib.suppress(TusError):
+            await self._settle()
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = -1
+        return self.result()
+
     def result(self) -> WriteResult:
         return WriteResult(self.stored)
 

@@ -1,0 +1,202 @@
+"""The write pipeline through the ASGI app (issue 7): a file gone under a committed offset, checksummed
+bodies that are taken over, requests during shutdown, the lease state machine, malloc tuning in every
+process, and SQLite's durability under --fsync."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from tests.conftest import AppClient
+from tests.helpers import BASE, create, offset_of, patch, stored_bytes
+from tests.servers import REPO_ROOT, ServerProcess
+from tusserver import Settings
+from tusserver.allocator import MALLOC_ENV, tune_malloc
+from tusserver.core import Upload, utcnow
+from tusserver.locking import Lease, LeaseState
+from tusserver.statements import SqliteRunner
+
+pytestmark = pytest.mark.anyio
+OCTETS = {"Content-Type": "application/offset+octet-stream"}
+
+
+async def test_a_file_missing_under_a_committed_offset_is_410(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    path = await create(client, 10)
+    assert (await patch(client, path, 0, b"01234")).status_code == 204
+    (settings.uploads_dir / path.rsplit("/", 1)[1]).unlink()  # removed behind the server's back
+    for _ in range(2):  # the same clear answer every time, never a 500
+        gone = await patch(client, path, 5, b"56789")
+        assert gone.status_code == 410
+        assert "missing" in gone.text
+
+
+async def test_a_checksummed_patch_that_is_taken_over_is_409_and_stores_nothing(
+    client: httpx.AsyncClient,
+) -> None:
+    path = await create(client, 1000)
+    body = b"x" * 1000
+    digest = base64.b64encode(hashlib.sha1(body).digest()).decode()
+    started = asyncio.Event()
+
+    async def stalls() -> AsyncIterator[bytes]:
+        yield body[:300]
+        started.set()
+        await asyncio.sleep(3600)
+        yield body[300:]
+
+    headers = {**OCTETS, "Upload-Offset": "0", "Upload-Checksum": f"sha1 {digest}"}
+    stalled = asyncio.create_task(client.patch(path, content=stalls(), headers=headers))
+    await started.wait()
+    async with asyncio.timeout(5):
+        assert await offset_of(client, path) == 0  # the HEAD takes over: nothing of it counted
+    interrupted = await stalled
+    assert interrupted.status_code == 409
+    assert interrupted.headers["Upload-Offset"] == "0"
+
+
+async def test_a_request_that_starts_during_shutdown_is_503(settings: Settings) -> None:
+    app_client = AppClient(settings)
+    async with app_client as client:
+        path = await create(client, 10)
+        app_client.app.state.service.locks.stop_all()  # what SIGTERM does
+        stopped = await patch(client, path, 0, b"0123456789")
+        assert stopped.status_code == 503
+        assert stopped.headers["Retry-After"]
+        assert await offset_of(client, path) == 0
+
+
+async def test_creation_with_a_bad_checksum_creates_nothing_cu7(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    headers = {**OCTETS, "Upload-Length": "5", "Upload-Checksum": "sha1 " + "A" * 27 + "="}
+    refused = await client.post(BASE, headers=headers, content=b"hello")
+    assert refused.status_code == 460
+    assert "Location" not in refused.headers
+    assert list(settings.uploads_dir.iterdir()) == []
+
+
+async def test_a_chunked_body_past_the_length_completes_once_with_204(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    path = await create(client, 5)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"012"
+        yield b"3456789"
+
+    answer = await client.patch(path, content=chunks(), headers={**OCTETS, "Upload-Offset": "0"})
+    assert (answer.status_code, answer.headers["Upload-Offset"]) == (204, "5")
+    assert stored_bytes(settings.data_dir, path) == b"01234"
+
+
+def _lease() -> Lease:
+    now = utcnow()
+    return Lease(Upload(id="a" * 32, offset=0, length=1, created_at=now, updated_at=now), "me", ttl=6)
+
+
+def test_the_lease_state_machine_takes_only_legal_steps() -> None:
+    stops: list[LeaseState] = []
+    lease = _lease()
+    lease.on_stop = lambda: stops.append(lease.state)
+    assert lease.move(LeaseState.TAKEOVER)
+    assert not lease.move(LeaseState.TIMED_OUT)  # a weaker reason never overrides
+    assert lease.move(LeaseState.SHUTDOWN)  # shutdown does: the answer becomes 503
+    assert not lease.move(LeaseState.HELD)
+    assert lease.move(LeaseState.LOST)
+    assert lease.move(LeaseState.RELEASED)
+    assert not lease.move(LeaseState.LOST)
+    assert stops == [LeaseState.TAKEOVER, LeaseState.SHUTDOWN, LeaseState.LOST]
+    assert lease.freed.is_set()
+
+
+def test_a_lease_is_not_trusted_past_its_ttl_since_the_last_renewal() -> None:
+    lease = _lease()
+    now = time.monotonic()
+    lease.renewed(now)
+    assert lease.trusted(now + 4.9)
+    assert not lease.trusted(now + 5.1)  # ttl 6 s less a second's margin
+    assert lease.state is LeaseState.LOST
+
+
+def test_malloc_tuning_applies_in_this_process_and_reaches_worker_processes(tmp_path: Path) -> None:
+    assert tune_malloc()  # create_app does this in every process, embedders included
+    server = ServerProcess(tmp_path / "data", f"sqlite:///{tmp_path / 'db.sqlite'}", ["--workers", "2"])
+    server.start()
+    try:
+        assert server.process is not None
+        deadline = time.monotonic() + 20
+        while len(workers := _children(server.process.pid)) < 2:
+            assert time.monotonic() < deadline, "the two workers did not start"
+            time.sleep(0.1)
+        assert len(workers) == 2
+        for pid in workers:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            for name, value in MALLOC_ENV.items():
+                assert f"{name}={value}".encode() in environ
+    finally:
+        server.stop()
+
+
+def _children(parent: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == parent and b"spawn_main" in _cmdline(entry):
+                found.append(int(entry))
+    return found
+
+
+def _cmdline(pid: str) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+async def test_fsync_makes_sqlite_commit_with_synchronous_full(tmp_path: Path) -> None:
+    for fsync, expected in ((False, 1), (True, 2)):  # NORMAL = 1, FULL = 2
+        runner = SqliteRunner(str(tmp_path / f"db-{fsync}.sqlite"), fsync=fsync)
+        try:
+            ran = await runner.run(sa.text("PRAGMA synchronous"))
+            assert ran.rows[0][0] == expected
+        finally:
+            await runner.close()
+
+
+def test_fsync_uploads_end_to_end(tmp_path: Path, database_url: str) -> None:
+    server = ServerProcess(tmp_path / "data", database_url, ["--fsync"])
+    server.start()
+    try:
+        tus = {"Tus-Resumable": "1.0.0"}
+        url = httpx.post(server.url, headers={**tus, "Upload-Length": "6"}).headers["Location"]
+        for offset, piece in ((0, b"abc"), (3, b"def")):
+            answer = httpx.patch(url, content=piece, headers={**tus, **OCTETS, "Upload-Offset": str(offset)})
+            assert answer.status_code == 204
+        assert httpx.get(url).content == b"abcdef"
+    finally:
+        server.stop()
+
+
+def test_serve_help_lists_the_write_path_flags() -> None:
+    shown = subprocess.run(
+        [sys.executable, "-m", "tusserver", "serve", "--help"], cwd=REPO_ROOT, capture_output=True, text=True
+    )
+    assert "--network-timeout" in shown.stdout
+    assert "--min-free-space" in shown.stdout
