@@ -24,10 +24,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import logging
 import os
 import re
-import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -38,15 +36,10 @@ import aiofiles.os
 from tusserver.core import Hasher, Upload, WriteResult, is_upload_id
 from tusserver.errors import StorageFull, StorageUnavailable, TusError, UploadDataLost
 
-log = logging.getLogger(__name__)
 READ_SIZE = 1024 * 1024
 BLOCK_SIZE = 1024 * 1024
 """Bytes gathered before one write: one thread hop per MiB, not per ASGI chunk."""
 _IOV_MAX = 1024
-SLOW_WRITE = 0.002
-"""Seconds an inline write of one chunk may take before writes move to the storage threads."""
-THREADS_FOR = 30
-"""Seconds writes stay in the storage threads after a slow one."""
 _FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _RESERVE = re.compile(r"(?P<number>[0-9]+(?:\.[0-9]+)?)\s*%")
 DEFAULT_RESERVE = "auto"
@@ -88,7 +81,6 @@ class LocalStorage:
         stat = os.statvfs(self.directory)
         self.reserve = reserve_bytes(min_free_space, stat.f_blocks * stat.f_frsize)
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="tusserver-storage")
-        self._threads_until = 0.0
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
@@ -102,20 +94,6 @@ class LocalStorage:
         """Bytes that may still be written above the reserve (blocking: a quick statvfs)."""
         stat = os.statvfs(self.directory)
         return stat.f_bavail * stat.f_frsize - self.reserve
-
-    def writes_inline(self) -> bool:
-        """Write chunks on the event loop? Yes while page-cache writes are quick (tens of µs for a
-        chunk: less than parsing it, and the bytes are still in the CPU cache, where a thread on
-        this 2-core machine would find them cold); no with fsync, and for a while after a write
-        that had to wait (dirty-page throttling, a slow or network file system)."""
-        return not self.fsync and time.monotonic() >= self._threads_until
-
-    def took(self, seconds: float) -> None:
-        if seconds > SLOW_WRITE:
-            self._threads_until = time.monotonic() + THREADS_FOR
-            log.info(
-                "storage_slow write_ms=%.1f: writing in storage threads for %d s", seconds * 1e3, THREADS_FOR
-            )
 
     async def room(self) -> int | None:
         return max(self.free_bytes(), 0)
@@ -206,6 +184,10 @@ class LocalWriter:
         self._path = storage.path(upload)
         self._start = upload.offset
         self._hasher = hasher
+        # Never O_TRUNC: ext4 flushes a file truncated to zero and rewritten when it is closed
+        # (auto_da_alloc), which cost a third of a 1 GiB PATCH; debris beyond the offset is harmless.
+        # At offset 0 a file that went missing holds nothing yet and is made again; beyond, it is lost.
+        self._open_flags = os.O_WRONLY | (os.O_CREAT if upload.offset == 0 else 0)
         self._fd = -1
         self._pending: list[bytes] = []
         self._pending_size = 0
@@ -213,57 +195,13 @@ class LocalWriter:
         self._in_flight: asyncio.Future[None] | None = None
         self._failure: TusError | None = None
         self._written = 0
-        self._unchecked = BLOCK_SIZE  # check the reserve before the first byte
         self.stored = 0
 
     async def write(self, chunk: bytes) -> None:
-        if self._fd < 0 and self._failure is None:
-            await self._open()
-        if self._in_flight is None and not self._pending and self._storage.writes_inline():
-            self._write_now(chunk)
-            return
         self._pending.append(chunk)
         self._pending_size += len(chunk)
         if self._pending_size >= BLOCK_SIZE:
             await self._submit(sync=False, close=False)
-
-    async def _open(self) -> None:
-        """Open on first use: on the loop like the writes (a dentry-cache lookup), else in a thread.
-        Never O_TRUNC: ext4 flushes a file truncated to zero and rewritten when it is closed
-        (auto_da_alloc), which cost a third of a 1 GiB PATCH; debris beyond the offset is harmless.
-        At offset 0 a file that went missing holds nothing yet and is made again; beyond, it is lost."""
-        flags = os.O_WRONLY | (os.O_CREAT if self._start == 0 else 0)
-        try:
-            if self._storage.writes_inline():
-                self._fd = os.open(self._path, flags, 0o644)
-            else:
-                loop = asyncio.get_running_loop()
-                self._fd = await loop.run_in_executor(self._storage.pool, os.open, self._path, flags, 0o644)
-        except OSError as exc:
-            self._failure = storage_error(exc, "opening the upload")
-            raise self._failure from exc
-
-    def _write_now(self, chunk: bytes) -> None:
-        """On the event loop: a page-cache write of one chunk while it is still in the CPU cache.
-        If the kernel makes it wait, the storage moves to its threads (`LocalStorage.writes_inline`)."""
-        started = time.perf_counter()
-        try:
-            if self._unchecked >= BLOCK_SIZE:
-                self._check_reserve(0)
-            if self._hasher is not None:
-                self._hasher.update(chunk)
-            self._pwrite_all([chunk], self._start + self._submitted)
-        except OSError as exc:
-            self._failure = storage_error(exc, "writing")
-            raise self._failure from exc
-        self._submitted += len(chunk)
-        self._unchecked += len(chunk)
-        self._storage.took(time.perf_counter() - started)
-
-    def _check_reserve(self, size: int) -> None:
-        self._unchecked = 0
-        if self._storage.free_bytes() < size:
-            raise OSError(errno.ENOSPC, "the free space reserve is reached")
 
     async def flush(self) -> WriteResult:
         await self._submit(sync=self._storage.fsync, close=False)
@@ -272,25 +210,25 @@ class LocalWriter:
 
     async def close(self) -> WriteResult:
         try:
-            if self._pending or self._in_flight is not None or self._storage.fsync:
-                await self._submit(sync=self._storage.fsync, close=True)
-                await self._settle()
+            await self._submit(sync=self._storage.fsync, close=True)
+            await self._settle()
         finally:
-            if self._fd >= 0:  # written inline, or an error left it open: closing is quick
-                with contextlib.suppress(OSError):
-                    os.close(self._fd)
-                self._fd = -1
+            self._close_now()
         return self.result()
 
     async def abort(self) -> WriteResult:
         self._pending, self._pending_size = [], 0
         with contextlib.suppress(TusError):
             await self._settle()
+        self._close_now()
+        return self.result()
+
+    def _close_now(self) -> None:
+        """After an error (or an abort) the file may still be open: closing it is quick."""
         if self._fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = -1
-        return self.result()
 
     def result(self) -> WriteResult:
         return WriteResult(self.stored)
@@ -299,7 +237,7 @@ class LocalWriter:
         await self._settle()
         batch, size = self._pending, self._pending_size
         self._pending, self._pending_size = [], 0
-        if not batch and not sync and not (close and self._fd >= 0):
+        if not batch and not (self._fd >= 0 and (sync or close)):
             return
         position = self._start + self._submitted
         self._submitted += size
@@ -321,10 +259,11 @@ class LocalWriter:
 
     def _write_block(self, batch: list[bytes], size: int, position: int, sync: bool, close: bool) -> None:
         """In a storage thread: open on first use, check the reserve, hash, write, sync, close."""
-        if self._fd < 0:  # nothing was written (an empty body), or an error closed it
-            return
+        if self._fd < 0:
+            self._fd = os.open(self._path, self._open_flags, 0o644)
         if size:
-            self._check_reserve(size)
+            if self._storage.free_bytes() < size:
+                raise OSError(errno.ENOSPC, "the free space reserve is reached")
             if self._hasher is not None:
                 for chunk in batch:
                     self._hasher.update(chunk)
