@@ -37,7 +37,7 @@ from tusserver.core import Hasher, Upload, WriteResult, is_upload_id
 from tusserver.errors import StorageFull, StorageUnavailable, TusError, UploadDataLost
 
 READ_SIZE = 1024 * 1024
-BLOCK_SIZE = 1024 * 1024
+BLOCK_SIZE = 512 * 1024
 """Bytes gathered before one write: one thread hop per MiB, not per ASGI chunk."""
 _IOV_MAX = 1024
 _FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
