@@ -171,8 +171,9 @@ class UploadRecords:
     ) -> Upload | None:
         """Compare-and-set: store `upload`'s offset, length, timestamps and storage state if the row
         is still at `old_offset` and leased to `owner`; then release the lease, or extend it by `ttl`
-        (a checkpoint doubles as a renewal). Returns the stored upload, or None if that no longer holds."""
-        rows = await self._rows(
+        (a checkpoint doubles as a renewal). Returns `upload` as stored (every column it changes is
+        set from it, so no row needs to come back), or None if that no longer holds."""
+        changed = await self._count(
             _COMMIT_RELEASE if release else _COMMIT_KEEP,
             upload_id=upload.id,
             owner=owner,
@@ -185,7 +186,7 @@ class UploadRecords:
             set_completed_at=upload.completed_at,
             set_storage=dict(upload.storage),
         )
-        return _to_upload(rows[0]) if rows else None
+        return upload if changed else None
 
     async def forget(self, upload_id: str) -> None:
         """Delete the row whatever its lease (a creation whose storage could not be prepared)."""
