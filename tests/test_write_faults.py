@@ -275,3 +275,48 @@ def test_sigterm_during_creation_with_upload_answers_201_with_the_offset(
     assert header(answer, "Upload-Offset") == str(MiB)
     assert stored_row(database_url, location.rsplit("/", 1)[1]).offset == MiB
     no_tracebacks(server)
+
+
+def _limit_open_files() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+
+def _open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_too_many_open_files_is_503_and_the_server_recovers(tmp_path: Path, database_url: str) -> None:
+    """EMFILE by real means: the server's descriptor limit is filled with idle keep-alive connections,
+    so the PATCH's file cannot be opened."""
+    server = ServerProcess(tmp_path / "data", database_url, preexec=_limit_open_files)
+    server.start()
+    idle: list[socket.socket] = []
+    try:
+        assert server.process is not None
+        pid = server.process.pid
+        url, upload_id = create(server, 10)
+        path = httpx.URL(url).path
+        patcher = socket.create_connection(("127.0.0.1", server.port))
+        idle.append(patcher)
+        deadline = time.monotonic() + 20
+        while _open_fds(pid) < 64:  # each accepted connection takes one descriptor
+            assert time.monotonic() < deadline, f"stuck at {_open_fds(pid)} descriptors"
+            idle.append(socket.create_connection(("127.0.0.1", server.port)))
+            time.sleep(0.01)
+        patcher.sendall(raw_request_head(server.port, "PATCH", path, 5, "Upload-Offset: 0") + b"12345")
+        answer = answer_of(patcher)
+        assert answer.startswith("HTTP/1.1 503"), answer
+        assert header(answer, "Retry-After") is not None
+        assert stored_row(database_url, upload_id).offset == 0
+        for connection in idle:
+            connection.close()
+        idle.clear()
+        deadline = time.monotonic() + 10
+        while (answered := patch(url, 0, b"12345", timeout=5)).status_code != 204:
+            assert time.monotonic() < deadline, answered.text  # descriptors come back as sockets close
+            time.sleep(0.1)
+        no_tracebacks(server)
+    finally:
+        for connection in idle:
+            connection.close()
+        server.stop()

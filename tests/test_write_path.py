@@ -19,13 +19,14 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import AppClient
-from tests.helpers import BASE, create, offset_of, patch, stored_bytes
+from tests.helpers import BASE, create, offset_of, patch
 from tests.servers import REPO_ROOT, ServerProcess
 from tusserver import Settings
 from tusserver.allocator import MALLOC_ENV, tune_malloc
 from tusserver.core import Upload, utcnow
 from tusserver.locking import Lease, LeaseState
 from tusserver.statements import SqliteRunner
+from tusserver.storage import LocalStorage
 
 pytestmark = pytest.mark.anyio
 OCTETS = {"Content-Type": "application/offset+octet-stream"}
@@ -86,20 +87,6 @@ async def test_creation_with_a_bad_checksum_creates_nothing_cu7(
     assert refused.status_code == 460
     assert "Location" not in refused.headers
     assert list(settings.uploads_dir.iterdir()) == []
-
-
-async def test_a_chunked_body_past_the_length_completes_once_with_204(
-    client: httpx.AsyncClient, settings: Settings
-) -> None:
-    path = await create(client, 5)
-
-    async def chunks() -> AsyncIterator[bytes]:
-        yield b"012"
-        yield b"3456789"
-
-    answer = await client.patch(path, content=chunks(), headers={**OCTETS, "Upload-Offset": "0"})
-    assert (answer.status_code, answer.headers["Upload-Offset"]) == (204, "5")
-    assert stored_bytes(settings.data_dir, path) == b"01234"
 
 
 def _lease() -> Lease:
@@ -200,3 +187,22 @@ def test_serve_help_lists_the_write_path_flags() -> None:
     )
     assert "--network-timeout" in shown.stdout
     assert "--min-free-space" in shown.stdout
+
+
+class _PlainStorage(LocalStorage):
+    capabilities = frozenset[str]()
+
+
+async def test_tus_extension_follows_the_storage_capabilities(settings: Settings) -> None:
+    app_client = AppClient(settings)
+    async with app_client as client:
+        service = app_client.app.state.service
+        service.storage = _PlainStorage(settings.uploads_dir)
+        try:
+            extensions = (await client.options(BASE)).headers["Tus-Extension"].split(",")
+            assert "concatenation" not in extensions
+            assert "creation" in extensions
+            refused = await client.post(BASE, headers={"Upload-Length": "5", "Upload-Concat": "partial"})
+            assert refused.status_code == 400
+        finally:
+            service.storage.close()
