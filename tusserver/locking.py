@@ -94,6 +94,13 @@ class Lease:
     def __post_init__(self) -> None:
         self.renewed(time.monotonic())
 
+    def watch(self, on_stop: Callable[[], None], on_tick: Callable[[float], None]) -> None:
+        """Let a writer hear of a reason to stop, and tick it about once a second."""
+        self.on_stop, self.on_tick = on_stop, on_tick
+
+    def unwatch(self) -> None:
+        self.on_stop = self.on_tick = _ignore
+
     def move(self, to: LeaseState) -> bool:
         """Take the transition if it is legal; tell the writer when it means stopping."""
         if to not in _LEGAL[self.state]:

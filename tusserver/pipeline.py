@@ -185,13 +185,12 @@ class WritePipeline:
         checksum = parse_checksum(body.checksum)
         hasher = checksum.hasher() if checksum else None
         run = _Run(self, lease, upload, body.reader, hasher)
-        lease.on_stop = body.reader.poke
-        lease.on_tick = run.tick
+        lease.watch(body.reader.poke, run.tick)
         try:
             await run.stream()
             return await self._conclude(run, checksum)
         finally:
-            lease.on_stop = lease.on_tick = _nothing
+            lease.unwatch()
 
     async def _conclude(self, run: _Run, checksum: Checksum | None) -> Outcome:
         reader = run.reader
@@ -202,7 +201,10 @@ class WritePipeline:
             problem = problem or _checksum_problem(checksum, run, stopped)
             if problem is not None:
                 return Outcome(run.upload, problem)  # nothing of this body counts (K-6)
-        upload = await self._commit(run, result)
+        try:
+            upload = await self._commit(run, result)
+        except ServiceUnavailable as unavailable:
+            return Outcome(run.upload, unavailable)  # what the last checkpoint committed still holds
         if upload is None:
             return Outcome(run.upload, LeaseLost("another request took over this upload; resume with HEAD"))
         return Outcome(upload, problem or _stop_problem(stopped, upload, reader, run))
@@ -316,9 +318,12 @@ class _Run:
             return  # finishing belongs to the final commit
         upload = replace(upload, storage={**before.storage, **result.storage})
         sent_at = time.monotonic()
-        committed = await pipeline.records.commit(
-            upload, self.lease.owner, before.offset, release=False, ttl=pipeline.locks.ttl
-        )
+        try:
+            committed = await pipeline.records.commit(
+                upload, self.lease.owner, before.offset, release=False, ttl=pipeline.locks.ttl
+            )
+        except ServiceUnavailable:
+            return  # the database is away: keep streaming while the lease is trusted, retry next time
         if committed is None:
             self.lease.move(LeaseState.LOST)
             return
@@ -376,7 +381,3 @@ def _interruption(stopped: LeaseState, upload: Upload, network_timeout: float) -
     if stopped is LeaseState.LOST:
         return LeaseLost("this request lost its hold on the upload; resume with HEAD")
     return OffsetMismatch(f"another request took over this upload; resume at {upload.offset}", offset)
-
-
-def _nothing(*_: object) -> None:
-    return None
