@@ -1,0 +1,71 @@
+"""How many SQL statements each request costs, counted on the engine that runs them: HEAD of an upload
+nobody holds costs one, POST one, a short PATCH two (take the lease; commit the offset and release it
+in the same compare-and-set). A change that adds a round trip to these paths fails here."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from tests.conftest import AppClient
+from tests.helpers import BASE, create, patch
+from tusserver import Settings
+from tusserver.statements import AsyncRunner, SqliteRunner
+
+pytestmark = pytest.mark.anyio
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.statements: list[str] = []
+
+    def __call__(self, _conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        self.statements.append(statement.split(None, 1)[0].upper())
+
+    @contextmanager
+    def counting(self) -> Iterator[list[str]]:
+        self.statements.clear()
+        yield self.statements
+
+
+@pytest.fixture
+async def counted(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, Counter]]:
+    app_client = AppClient(settings)
+    async with app_client as client:
+        runner = app_client.app.state.service.records._runner
+        assert isinstance(runner, SqliteRunner | AsyncRunner)
+        engine: sa.Engine = runner._engine if isinstance(runner, SqliteRunner) else runner._engine.sync_engine
+        counter = Counter()
+        sa.event.listen(engine, "before_cursor_execute", counter)
+        try:
+            yield client, counter
+        finally:
+            sa.event.remove(engine, "before_cursor_execute", counter)
+
+
+async def test_post_costs_one_statement(counted: tuple[httpx.AsyncClient, Counter]) -> None:
+    client, counter = counted
+    with counter.counting() as statements:
+        assert (await client.post(BASE, headers={"Upload-Length": "10"})).status_code == 201
+    assert statements == ["INSERT"]
+
+
+async def test_head_of_a_free_upload_costs_one_statement(counted: tuple[httpx.AsyncClient, Counter]) -> None:
+    client, counter = counted
+    path = await create(client, 10)
+    with counter.counting() as statements:
+        assert (await client.head(path)).status_code == 200
+    assert statements == ["SELECT"]
+
+
+async def test_a_short_patch_costs_two_statements(counted: tuple[httpx.AsyncClient, Counter]) -> None:
+    client, counter = counted
+    path = await create(client, 10)
+    with counter.counting() as statements:
+        assert (await patch(client, path, 0, b"01234")).status_code == 204
+    assert statements == ["UPDATE", "UPDATE"]  # acquire; commit-and-release
