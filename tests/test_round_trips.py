@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import httpx
 import pytest
@@ -15,17 +14,22 @@ import sqlalchemy as sa
 from tests.conftest import AppClient
 from tests.helpers import BASE, create, patch
 from tusserver import Settings
-from tusserver.statements import AsyncRunner, SqliteRunner
+from tusserver.statements import Params, Ran, StatementRunner
 
 pytestmark = pytest.mark.anyio
 
 
 class Counter:
-    def __init__(self) -> None:
+    """Wraps the records' statement runner: each `run` is one statement in one round trip (a
+    single autocommitted statement on PostgreSQL, one statement and its commit on SQLite)."""
+
+    def __init__(self, runner: StatementRunner) -> None:
+        self._run = runner.run
         self.statements: list[str] = []
 
-    def __call__(self, _conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        self.statements.append(statement.split(None, 1)[0].upper())
+    async def run(self, statement: sa.Executable, params: Params | None = None) -> Ran:
+        self.statements.append(type(statement).__name__.upper())
+        return await self._run(statement, params)
 
     @contextmanager
     def counting(self) -> Iterator[list[str]]:
@@ -37,15 +41,10 @@ class Counter:
 async def counted(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, Counter]]:
     app_client = AppClient(settings)
     async with app_client as client:
-        runner = app_client.app.state.service.records._runner
-        assert isinstance(runner, SqliteRunner | AsyncRunner)
-        engine: sa.Engine = runner._engine if isinstance(runner, SqliteRunner) else runner._engine.sync_engine
-        counter = Counter()
-        sa.event.listen(engine, "before_cursor_execute", counter)
-        try:
-            yield client, counter
-        finally:
-            sa.event.remove(engine, "before_cursor_execute", counter)
+        records = app_client.app.state.service.records
+        counter = Counter(records._runner)
+        records._runner.run = counter.run
+        yield client, counter
 
 
 async def test_post_costs_one_statement(counted: tuple[httpx.AsyncClient, Counter]) -> None:

@@ -21,8 +21,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tusserver.core import Upload
 from tusserver.errors import UploadNotFound
+from tusserver.pg_direct import DirectRunner
 from tusserver.schema import db_deadline, db_now, upload_table
-from tusserver.statements import AsyncRunner, SqliteRunner, StatementRunner
+from tusserver.statements import SqliteRunner, StatementRunner
 
 log = logging.getLogger(__name__)
 _t = upload_table.c
@@ -83,13 +84,19 @@ _COMMIT_KEEP = (
     .values(**_PROGRESS, lock_expires_at=_TTL)
     .returning(*_UPLOAD_COLUMNS)
 )
-_INSERT = sa.insert(upload_table)
-_INSERT_LEASED = sa.insert(upload_table).values(lock_expires_at=_TTL)
+_ALL = {column.name: _set(column.name) for column in upload_table.c}
+_INSERT = sa.insert(upload_table).values(**_ALL)
+_INSERT_LEASED = sa.insert(upload_table).values(**{**_ALL, "lock_expires_at": _TTL})
 _FORGET = sa.delete(upload_table).where(_ID)
 _DELETE = sa.delete(upload_table).where(_OWNED)
+_PREPARED = (
+    _GET, _EXISTS, _ACQUIRE, _ASK_RELEASE, _RELEASE, _COMMIT_RELEASE, _COMMIT_KEEP,
+    _INSERT, _INSERT_LEASED, _FORGET, _DELETE,
+)  # fmt: skip
+"""The statements of every request, run without SQLAlchemy's async layer on PostgreSQL (pg_direct)."""
 
 
-def _to_upload(row: sa.Row[Any, *tuple[Any, ...]]) -> Upload:
+def _to_upload(row: Any) -> Upload:
     values = row._mapping
     return Upload(**{column.name: values[column.name] for column in _UPLOAD_COLUMNS})
 
@@ -103,13 +110,13 @@ class UploadRecords:
         self._runner: StatementRunner = (
             SqliteRunner(database, fsync)
             if engine.dialect.name == "sqlite" and database and database != ":memory:"
-            else AsyncRunner(engine)
+            else DirectRunner(engine, _PREPARED)
         )
 
     async def close(self) -> None:
         await self._runner.close()
 
-    async def _rows(self, statement: sa.Executable, **params: Any) -> Sequence[sa.Row[Any]]:
+    async def _rows(self, statement: sa.Executable, **params: Any) -> Sequence[Any]:
         return (await self._runner.run(statement, params)).rows
 
     async def _count(self, statement: sa.Executable, **params: Any) -> int:
@@ -119,10 +126,11 @@ class UploadRecords:
         """Insert a new upload, optionally already leased to `lock_owner` for `ttl` seconds."""
         row: dict[str, Any] = asdict(upload)
         row.update(storage=dict(upload.storage), lock_owner=lock_owner, release_requested=False)
+        params = {f"set_{name}": value for name, value in row.items()}
         if lock_owner is None:
-            await self._runner.run(_INSERT, {**row, "lock_expires_at": None})
+            await self._runner.run(_INSERT, {**params, "set_lock_expires_at": None})
         else:
-            await self._runner.run(_INSERT_LEASED, {**row, "ttl": ttl})
+            await self._runner.run(_INSERT_LEASED, {**params, "ttl": ttl})
 
     async def get(self, upload_id: str) -> Upload:
         return (await self.get_with_lock(upload_id))[0]

@@ -46,7 +46,8 @@ _UNAVAILABLE = (sa.exc.OperationalError, sa.exc.InterfaceError, OSError)
 class Ran:
     """What a statement gave back: its rows (RETURNING or SELECT) and how many rows it changed."""
 
-    rows: Sequence[sa.Row[Any]]
+    rows: Sequence[Any]
+    """`sqlalchemy.Row`s, or rows that read the same way (`row.name`, `row._mapping`)."""
     rowcount: int
 
 
