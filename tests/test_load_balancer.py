@@ -37,18 +37,25 @@ class Deployment:
     data_dir: Path
 
     def stop(self) -> None:
-        self.balancer.stop()
-        for instance in self.instances:
-            instance.stop()
+        try:
+            self.balancer.stop()
+        finally:
+            for instance in self.instances:
+                instance.stop()
 
 
 def deploy(tmp_path: Path, database_url: str, count: int = 3) -> Deployment:
     data_dir = tmp_path / "shared-data"
     instances = [ServerProcess(data_dir=data_dir, database_url=database_url) for _ in range(count)]
-    for instance in instances:
-        instance.start()
-    balancer = Balancer(tmp_path / "nginx", instances)
-    balancer.start()
+    try:
+        for instance in instances:
+            instance.start()
+        balancer = Balancer(tmp_path / "nginx", instances)
+        balancer.start()
+    except BaseException:  # never leave server processes behind a failed start
+        for instance in instances:
+            instance.stop()
+        raise
     return Deployment(balancer, instances, data_dir)
 
 
