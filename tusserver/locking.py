@@ -227,7 +227,10 @@ class UploadLocks:
         """The keeper: renew this instance's leases about once a second until cancelled."""
         while True:
             await asyncio.sleep(min(self.ttl / 3, RENEW_EVERY))
-            await self.beat()
+            try:
+                await self.beat()
+            except Exception:  # a keeper that died would let every lease of this instance lapse
+                log.exception("lease_keeper_beat_failed")
 
     async def beat(self) -> None:
         leases = [lease for lease in self._local.values() if lease.state is not LeaseState.RELEASED]

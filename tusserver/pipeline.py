@@ -193,7 +193,6 @@ class WritePipeline:
             lease.unwatch()
 
     async def _conclude(self, run: _Run, checksum: Checksum | None) -> Outcome:
-        reader = run.reader
         stopped = run.stopped_as  # a body read whole counts, even if a stop came just after
         result = await run.close()
         problem = run.failure
@@ -207,7 +206,7 @@ class WritePipeline:
             return Outcome(run.upload, unavailable)  # what the last checkpoint committed still holds
         if upload is None:
             return Outcome(run.upload, LeaseLost("another request took over this upload; resume with HEAD"))
-        return Outcome(upload, problem or _stop_problem(stopped, upload, reader, run))
+        return Outcome(upload, problem or _stop_problem(stopped, upload, run))
 
     async def _commit(self, run: _Run, result: WriteResult) -> Upload | None:
         """The compare-and-set that makes the stored bytes count, then `finish` if it completed."""
@@ -248,14 +247,13 @@ class _Run:
         self.upload = upload
         self.reader = reader
         self.hasher = hasher
-        self.checksummed = hasher is not None
         self.writer: StorageWriter = pipeline.storage.writer(upload, hasher)
         self.room = pipeline.policy.room(upload)
         self.exceeded = False
         self.received = 0
         self.checkpointed = 0
         self.failure: TusError | None = None
-        every = None if self.checksummed else pipeline.policy.commit_every
+        every = None if hasher is not None else pipeline.policy.commit_every
         self.every = every
         self.next_checkpoint = time.monotonic() + every if every else float("inf")
         self.last_bytes_at = time.monotonic()
@@ -299,7 +297,7 @@ class _Run:
     async def _drain(self) -> None:
         """Stopped early: keep what the server already read from the socket (not with a checksum,
         which will not count anyway, nor once the lease is lost)."""
-        if self.checksummed or self.lease.state is LeaseState.LOST:
+        if self.hasher is not None or self.lease.state is LeaseState.LOST:
             return
         while chunk := await self.reader.queued():
             if not await self._take(chunk, time.monotonic()):
@@ -362,9 +360,9 @@ def _checksum_problem(checksum: Checksum, run: _Run, stopped: LeaseState) -> Tus
     return None
 
 
-def _stop_problem(stopped: LeaseState, upload: Upload, reader: BodyReader, run: _Run) -> TusError | None:
+def _stop_problem(stopped: LeaseState, upload: Upload, run: _Run) -> TusError | None:
     """The answer for a body that did not end by itself (None: it did, or nobody listens)."""
-    if stopped is LeaseState.HELD or reader.disconnected:
+    if stopped is LeaseState.HELD or run.reader.disconnected:
         if run.exceeded and upload.length is None:
             return TooLarge(f"body exceeds the maximum size; {upload.offset} bytes are stored")
         return None
