@@ -45,13 +45,21 @@ _SERVE_FLAGS: list[tuple[str, str | None, str]] = [
     ("commit-interval", "SECONDS", "commit progress this often during a long PATCH (default 2)"),
     ("network-timeout", "SECONDS", "end a PATCH whose body sends nothing this long, keeping its bytes (60)"),
     ("min-free-space", "SIZE", "free space kept on the data disk: 512M, 1%% or auto = 1%%, >= 64M (auto)"),
+    ("database-timeout", "SECONDS", "connect / pool wait / statement time limit before 503 (default 5)"),
+    ("database-pool-size", "N", "database connections per process, PostgreSQL (default 20)"),
+    ("max-concurrency", "N", "connections and requests at once per process; 503 beyond (default 1000)"),
+    ("max-header-size", "BYTES", "largest request line + headers; 431 beyond (default 64K)"),
+    ("header-timeout", "SECONDS", "time a client may take to send its request headers (default 20)"),
+    ("max-concat-parts", "N", "most partial uploads in one final upload (default 1000)"),
+    ("keep-partials", None, "keep partial uploads after a final upload assembled them"),
+    ("orphan-grace", "DURATION", "age before files without an upload (and rows without a file) are reaped (1h)"),
     ("workers", "N", "server processes on this host (default 1)"),
     ("shutdown-timeout", "SECONDS", "on SIGTERM, time given to in-flight requests (default 10)"),
     ("lock-timeout", "SECONDS", "wait for another request on the same upload before 423 (default 10)"),
     ("lock-ttl", "SECONDS", "how long an upload lock outlives a killed process (default 6)"),
     ("hook-timeout", "SECONDS", "time limit of a webhook call and of hooks at shutdown (default 30)"),
 ]  # fmt: skip
-_STORAGE_FLAGS = {"data-dir", "database-url", "log-level"}
+_STORAGE_FLAGS = {"data-dir", "database-url", "database-timeout", "log-level"}
 
 
 def _flag_help(name: str, text: str) -> str:
@@ -92,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         "cleanup", help="delete expired uploads once (for cron)",
         description="Delete every expired upload (rows and bytes) once, then exit.",
     )  # fmt: skip
-    _add_flags(cleanup, _STORAGE_FLAGS | {"expire-after", "retain-finished"})
+    _add_flags(cleanup, _STORAGE_FLAGS | {"expire-after", "retain-finished", "orphan-grace"})
     return parser
 
 

@@ -87,6 +87,24 @@ class Settings:
     min_free_space: str = "auto"
     """Free space kept on the data directory's file system: bytes (`512M`), a share (`1%`), or `auto`
     (1 %, at least 64 MiB). New bytes beyond it get 507, so the database and DELETE keep working."""
+    database_timeout: float = 5.0
+    """Seconds to connect to the database, to wait for a pooled connection, or to run one statement,
+    before the request answers 503 + Retry-After (a blackholed database never hangs a request)."""
+    database_pool_size: int = 20
+    """Database connections per server process (PostgreSQL); more requests wait up to `database_timeout`."""
+    max_concurrency: int | None = 1000
+    """Connections and requests served at once per process; beyond it new ones get 503. None: no cap."""
+    max_header_size: int = 64 * 1024
+    """Largest request line plus header block accepted, in bytes (431 beyond it)."""
+    header_timeout: float = 20.0
+    """Seconds a client may take to send a request's line and headers (408 and close beyond it)."""
+    max_concat_parts: int = 1000
+    """Most partial uploads one final upload may name (repeats count); 400 beyond it."""
+    keep_partials: bool = False
+    """Keep partial uploads after a final upload assembled them; by default they are deleted."""
+    orphan_grace: float = 3600.0
+    """Seconds a stored file without an upload row (or a row whose file is gone) is left alone before
+    the sweeper reaps it: leaves room for requests creating or assembling one right now."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "base_path", normalize_base_path(self.base_path))
@@ -135,7 +153,7 @@ class Settings:
 
 
 _NONE = {"", "0", "none", "never", "unlimited", "off"}
-_NONE_MEANS_UNSET = {"max_size", "expire_after", "retain_finished"}
+_NONE_MEANS_UNSET = {"max_size", "expire_after", "retain_finished", "max_concurrency"}
 _DURATION = re.compile(r"(?P<number>[0-9]+(?:\.[0-9]+)?)\s*(?P<unit>[smhd]?)", re.IGNORECASE)
 _SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -202,5 +220,13 @@ _FIELD_PARSERS: dict[str, Callable[[str], object]] = {
     "shutdown_timeout": float,
     "network_timeout": parse_duration,
     "min_free_space": _free_space,
+    "database_timeout": parse_duration,
+    "database_pool_size": int,
+    "max_concurrency": lambda text: None if text.strip().lower() in _NONE else int(text),
+    "max_header_size": parse_byte_size,
+    "header_timeout": parse_duration,
+    "max_concat_parts": int,
+    "keep_partials": parse_bool,
+    "orphan_grace": parse_duration,
 }
 assert set(_FIELD_PARSERS) <= {f.name for f in fields(Settings)}
