@@ -52,7 +52,7 @@ _SERVE_FLAGS: list[tuple[str, str | None, str]] = [
     ("header-timeout", "SECONDS", "time a client may take to send its request headers (default 20)"),
     ("max-concat-parts", "N", "most partial uploads in one final upload (default 1000)"),
     ("keep-partials", None, "keep partial uploads after a final upload assembled them"),
-    ("orphan-grace", "DURATION", "age before files without an upload (and rows without a file) are reaped (1h)"),
+    ("orphan-grace", "DURATION", "age at which files without a row, rows without a file are reaped (1h)"),
     ("workers", "N", "server processes on this host (default 1)"),
     ("shutdown-timeout", "SECONDS", "on SIGTERM, time given to in-flight requests (default 10)"),
     ("lock-timeout", "SECONDS", "wait for another request on the same upload before 423 (default 10)"),
