@@ -1,8 +1,10 @@
-"""A TCP proxy on a loopback port that cuts the connection after a given number of bytes.
+"""TCP proxies on loopback ports that make a network fail between a real client and a real server.
 
-It stands between a real client and a real server to make a network failure happen mid-request:
-once `cut_after` bytes have gone from clients to the server, both sides of that connection are
-reset. Later connections pass through untouched.
+- `CuttingProxy` cuts a connection mid-request: once `cut_after` bytes have gone from clients to the
+  server, both sides of that connection are reset. Later connections pass through untouched.
+- `BlackholeProxy` stops forwarding on `blackhole()`, as a network that drops packets does: nothing
+  is refused or reset, bytes simply stop arriving (they wait in the proxy, as in TCP retransmission
+  queues) and new connections get no answer; `restore()` lets everything flow again.
 """
 
 from __future__ import annotations
@@ -13,13 +15,11 @@ import struct
 import threading
 
 
-class CuttingProxy:
-    def __init__(self, target_port: int, cut_after: int) -> None:
+class _Proxy:
+    """Accepts on a loopback port and hands each client to `_serve` (in the accepting thread)."""
+
+    def __init__(self, target_port: int) -> None:
         self.target_port = target_port
-        self.cut_after = cut_after
-        self.forwarded = 0
-        self.cut = threading.Event()
-        self._lock = threading.Lock()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
         self._closing = False
@@ -48,13 +48,28 @@ class CuttingProxy:
             if self._closing:
                 client.close()
                 return
-            try:
-                server = socket.create_connection(("127.0.0.1", self.target_port))
-            except OSError:
-                client.close()
-                continue
-            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
+            self._serve(client)
+
+    def _serve(self, client: socket.socket) -> None:
+        raise NotImplementedError
+
+
+class CuttingProxy(_Proxy):
+    def __init__(self, target_port: int, cut_after: int) -> None:
+        self.cut_after = cut_after
+        self.forwarded = 0
+        self.cut = threading.Event()
+        self._lock = threading.Lock()
+        super().__init__(target_port)
+
+    def _serve(self, client: socket.socket) -> None:
+        try:
+            server = socket.create_connection(("127.0.0.1", self.target_port))
+        except OSError:
+            client.close()
+            return
+        threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
+        threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
 
     def _pump(self, source: socket.socket, sink: socket.socket, upstream: bool) -> None:
         try:
@@ -86,3 +101,58 @@ class CuttingProxy:
                 sock.shutdown(socket.SHUT_RDWR)  # wakes the pump blocked in recv on this socket
             sock.close()
         return None
+
+
+class BlackholeProxy(_Proxy):
+    def __init__(self, target_port: int) -> None:
+        self._flowing = threading.Event()
+        self._flowing.set()
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        super().__init__(target_port)
+
+    def blackhole(self) -> None:
+        self._flowing.clear()
+
+    def restore(self) -> None:
+        self._flowing.set()
+
+    def close(self) -> None:
+        self._flowing.set()
+        super().close()
+        with self._lock:
+            for sock in self._sockets:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+
+    def _serve(self, client: socket.socket) -> None:
+        threading.Thread(target=self._connect, args=(client,), daemon=True).start()
+
+    def _connect(self, client: socket.socket) -> None:
+        self._flowing.wait()  # a blackholed network answers no handshake: the client waits
+        if self._closing:
+            client.close()
+            return
+        try:
+            server = socket.create_connection(("127.0.0.1", self.target_port))
+        except OSError:
+            client.close()
+            return
+        with self._lock:
+            self._sockets += [client, server]
+        threading.Thread(target=self._pump, args=(client, server), daemon=True).start()
+        threading.Thread(target=self._pump, args=(server, client), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                self._flowing.wait()  # held, not dropped: the connection recovers on restore
+                if self._closing:
+                    return
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                sink.shutdown(socket.SHUT_WR)

@@ -3,7 +3,8 @@
 The lifespan starts what `runtime.running` assembles (engine and migrations, storage, locks, hooks,
 the upload service) plus the expiry sweeper, and tears them down; `CorsMiddleware` and
 `TusMiddleware` apply the rules that hold for every request; `TusError` becomes a short `text/plain`
-response here and nowhere else. `app_from_env` is the factory uvicorn workers load.
+response here and nowhere else, and `FailsafeMiddleware` answers 500 for anything unexpected.
+`app_from_env` is the factory uvicorn workers load.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from tusserver.allocator import tune_malloc
 from tusserver.config import Settings
 from tusserver.cors import CorsMiddleware
 from tusserver.errors import TusError
+from tusserver.failsafe import FailsafeMiddleware
 from tusserver.middleware import TusMiddleware
 from tusserver.runtime import build_hooks, running
 
@@ -75,11 +77,12 @@ def create_app(settings: Settings | None = None, stop_on_signals: bool = False) 
             CorsMiddleware, origins=settings.cors_origins, allow_credentials=settings.cors_allow_credentials
         ),
         Middleware(TusMiddleware),
+        Middleware(FailsafeMiddleware),  # innermost: its 500 still gets the headers added above
     ]
     app = Starlette(
         routes=routes,
         middleware=middleware,
-        exception_handlers={TusError: tus_error_response, Exception: internal_error_response},
+        exception_handlers={TusError: tus_error_response},
         lifespan=lifespan,
     )
     app.router.redirect_slashes = False  # /files and /files/ are both routes (CR-13)
@@ -107,10 +110,3 @@ async def tus_error_response(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, TusError)
     body = "" if request.method == "HEAD" else exc.message + "\n"
     return PlainTextResponse(body, status_code=exc.status, headers=exc.headers)
-
-
-async def internal_error_response(request: Request, exc: Exception) -> Response:
-    upload_id = request.path_params.get("upload_id", "-")
-    log.error("internal_error upload_id=%s error=%r", upload_id, exc)
-    body = "" if request.method == "HEAD" else "internal server error\n"
-    return PlainTextResponse(body, status_code=500)

@@ -38,13 +38,18 @@ def async_url(url: str) -> URL:
     return parsed.set(drivername=_ASYNC_DRIVERS[backend])
 
 
-def make_engine(url: str, fsync: bool = False) -> AsyncEngine:
-    """An engine for `url`; creates the directory of an SQLite file. With `fsync`, SQLite syncs every
-    commit (`synchronous=FULL`) so that an acknowledged offset survives a power loss."""
+def make_engine(url: str, fsync: bool = False, timeout: float = 5.0) -> AsyncEngine:
+    """An engine for `url` (migrations and start-up checks; requests use `records.py`'s runners);
+    creates the directory of an SQLite file. With `fsync`, SQLite syncs every commit
+    (`synchronous=FULL`) so that an acknowledged offset survives a power loss. Connecting to
+    PostgreSQL gives up after `timeout` seconds; statements have no limit (a migration may be long,
+    and instances starting together wait for each other's)."""
     parsed = async_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed, "FULL" if fsync else "NORMAL")
-    return create_async_engine(parsed, pool_size=10, max_overflow=20, pool_recycle=1800)
+    return create_async_engine(
+        parsed, pool_size=2, pool_recycle=1800, pool_pre_ping=True, connect_args={"timeout": timeout}
+    )
 
 
 def _sqlite_engine(url: URL, synchronous: str) -> AsyncEngine:

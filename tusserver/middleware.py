@@ -1,6 +1,7 @@
 """`TusMiddleware`: the protocol rules that hold for every request, as pure ASGI.
 
-It applies `X-HTTP-Method-Override` before routing (C-H8), refuses requests without a supported
+It applies `X-HTTP-Method-Override` before routing (C-H8), refuses an HTTP/1.1 request without `Host`
+with 400 (RFC 9112 §3.2: servers like httptools let it through) and requests without a supported
 `Tus-Resumable` with 412 + `Tus-Version` before anything else runs (C-H2, C-H3; OPTIONS is exempt,
 C-O2), and adds `Tus-Resumable` to every response, Starlette's own 404/405 included (C-H1).
 """
@@ -50,18 +51,23 @@ class TusMiddleware:
                 message["headers"] = [*message.get("headers", []), _VERSION_PAIR]
             await send(message)
 
+        if scope.get("http_version") == "1.1" and request_header(scope, b"host") is None:
+            await _refuse(send_with_version, scope["method"], 400, "an HTTP/1.1 request needs a Host header")
+            return
         if scope["method"] not in _EXEMPT and request_header(scope, _RESUMABLE) != _VERSION_PAIR[1]:
-            await _refuse_version(scope["method"], send_with_version)
+            version = (TUS_VERSION_HEADER.lower().encode(), TUS_VERSION.encode())
+            text = f"{TUS_RESUMABLE} must be {TUS_VERSION}"
+            await _refuse(send_with_version, scope["method"], 412, text, version)
             return
         await self.app(scope, receive, send_with_version)
 
 
-async def _refuse_version(method: str, send: Send) -> None:
-    body = b"" if method == "HEAD" else f"{TUS_RESUMABLE} must be {TUS_VERSION}\n".encode()
+async def _refuse(send: Send, method: str, status: int, text: str, *extra: tuple[bytes, bytes]) -> None:
+    body = f"{text}\n".encode()
     headers = [
-        (TUS_VERSION_HEADER.lower().encode(), TUS_VERSION.encode()),
+        *extra,
         (b"content-type", b"text/plain; charset=utf-8"),
         (b"content-length", str(len(body)).encode()),
     ]
-    await send({"type": "http.response.start", "status": 412, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})

@@ -6,13 +6,21 @@ primary-key SELECT). So the hot statements of `records.py` are compiled by SQLAl
 asyncpg dialect (`prepare`), and then run with asyncpg directly: the SQL text, the order of its
 parameters and the types' own bind and result processors all come from that compilation, so the
 query is still written once, in `records.py`. Anything not prepared (the lease renewal's expanding
-IN list, the sweeper's listing) goes through SQLAlchemy as before.
+IN list, the sweeper's listing) goes through `AsyncRunner`: autocommitted statements on SQLAlchemy's
+async engine, one round trip each instead of BEGIN + statement + COMMIT.
+
+Every statement is bounded by `timeout` (connecting, waiting for a pooled connection, running), and
+connections use TCP keepalive, so a database that stops answering (a blackholed network, not only a
+refused connection) turns into 503 + Retry-After within seconds instead of requests hanging for
+minutes. Only connection-class failures (`is_outage`) become 503; an error in the SQL propagates.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,20 +28,99 @@ from typing import Any
 import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from tusserver.statements import AsyncRunner, Params, Ran, unavailable
+from tusserver.statements import Params, Ran, unavailable
 
 Processor = Callable[[Any], Any]
-_CONNECTION_ERRORS = (
+_OUTAGES = (
     OSError,
     TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.AdminShutdownError,
+    asyncpg.PostgresConnectionError,  # class 08: connection exceptions
+    asyncpg.InterfaceError,  # the client side: connection closed, ...
+    asyncpg.exceptions.OperatorInterventionError,  # class 57: shutdown, cannot connect now, cancelled
+    asyncpg.exceptions.InsufficientResourcesError,  # class 53: too many connections, disk full
+    asyncpg.exceptions.InvalidAuthorizationSpecificationError,  # class 28: a password changed under us
 )
+_SA_OUTAGES = (sa.exc.TimeoutError, sa.exc.InterfaceError, sa.exc.OperationalError, OSError, TimeoutError)
+_KEEPALIVE = (  # first probe after 5 s idle, then every 2 s, dead after 3 unanswered
+    (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+    (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPIDLE", 0), 5),
+    (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPINTVL", 0), 2),
+    (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPCNT", 0), 3),
+)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether `exc` (from asyncpg, or SQLAlchemy wrapping it) means the database cannot be used right
+    now, as opposed to a statement that is wrong."""
+    if isinstance(exc, _OUTAGES):
+        return True
+    if isinstance(exc, sa.exc.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        cause = exc.orig.__cause__ if exc.orig is not None else None
+        return isinstance(cause, _OUTAGES) or isinstance(
+            exc, (sa.exc.InterfaceError, sa.exc.OperationalError)
+        )
+    return isinstance(exc, _SA_OUTAGES)
+
+
+class AsyncRunner:
+    """Autocommitted statements on an async engine. It keeps a pool of its own, made autocommit once
+    for good: no isolation level set and reset, and no ROLLBACK, per checkout (measured: 212 -> 185 µs
+    a primary-key SELECT on loopback)."""
+
+    def __init__(self, engine: AsyncEngine, timeout: float = 5.0, pool_size: int = 20) -> None:
+        self._timeout = timeout
+        self._engine = create_async_engine(
+            engine.url,
+            isolation_level="AUTOCOMMIT",
+            skip_autocommit_rollback=True,
+            pool_size=pool_size,
+            max_overflow=0,
+            pool_timeout=timeout,
+            pool_recycle=1800,
+            pool_pre_ping=True,
+            connect_args=connect_arguments(timeout),
+        )
+        sa.event.listen(self._engine.sync_engine, "connect", _keep_adapted_alive)
+
+    async def run(self, statement: sa.Executable, params: Params | None = None) -> Ran:
+        try:
+            async with asyncio.timeout(self._timeout * 2):  # checkout + ping + statement, at most
+                async with self._engine.connect() as connection:
+                    result = await connection.execute(statement, params)
+                    rows = result.all() if result.returns_rows else []
+                    return Ran(rows, result.rowcount)
+        except Exception as exc:
+            if is_outage(exc):
+                raise unavailable(exc) from exc
+            raise
+
+    async def close(self) -> None:
+        await self._engine.dispose()
+
+
+def connect_arguments(timeout: float) -> dict[str, Any]:
+    """asyncpg connection options that bound connecting and each statement by `timeout` seconds."""
+    return {"timeout": timeout, "command_timeout": timeout}
+
+
+def _keep_adapted_alive(dbapi_connection: Any, _record: object) -> None:
+    keep_alive(dbapi_connection._connection)  # SQLAlchemy's adapter around the asyncpg connection
+
+
+def keep_alive(connection: asyncpg.Connection) -> None:
+    """TCP keepalive on the connection's socket, so a dead peer is noticed on an idle connection."""
+    transport = getattr(connection, "_transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    for level, option, value in _KEEPALIVE:
+        if option:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(level, option, value)
 
 
 class Row(dict[str, Any]):
@@ -63,8 +150,16 @@ class _Plan:
 class DirectRunner:
     """Prepared statements on asyncpg; everything else on `AsyncRunner` (SQLAlchemy)."""
 
-    def __init__(self, engine: AsyncEngine, prepared: Sequence[sa.Executable]) -> None:
-        self._fallback = AsyncRunner(engine)
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        prepared: Sequence[sa.Executable],
+        timeout: float = 5.0,
+        pool_size: int = 20,
+    ) -> None:
+        self._timeout = timeout
+        self._pool_size = pool_size
+        self._fallback = AsyncRunner(engine, timeout, pool_size)
         self._dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
         self._pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
@@ -76,17 +171,24 @@ class DirectRunner:
             return await self._fallback.run(statement, params)
         values = plan.compiled.construct_params(params or {}) or {}
         arguments = [_bound(plan, name, values[name]) for name in plan.names]
+        timeout = self._timeout
         try:
-            pool = self._pool or await self._open()
-            if plan.returns_rows:
-                records = await pool.fetch(plan.sql, *arguments)
-                rows = [Row({key: _result(plan, key, value) for key, value in r.items()}) for r in records]
-                return Ran(rows, len(rows))
-            status = await pool.execute(plan.sql, *arguments)
-        except _CONNECTION_ERRORS as exc:
+            async with asyncio.timeout(timeout * 2):  # connect or wait for a connection, then run
+                pool = self._pool or await self._open()
+                async with pool.acquire(timeout=timeout) as connection:
+                    if plan.returns_rows:
+                        records = await connection.fetch(plan.sql, *arguments, timeout=timeout)
+                    else:
+                        status = await connection.execute(plan.sql, *arguments, timeout=timeout)
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
             if self._pool is not None:  # the server may have restarted: every pooled connection is
                 await self._pool.expire_connections()  # suspect, replace them all on next use
             raise unavailable(exc) from exc
+        if plan.returns_rows:
+            rows = [Row({key: _result(plan, key, value) for key, value in r.items()}) for r in records]
+            return Ran(rows, len(rows))
         return Ran([], int(status.rsplit(" ", 1)[-1]))
 
     async def _open(self) -> asyncpg.Pool:
@@ -98,7 +200,14 @@ class DirectRunner:
     async def _new_pool(self) -> asyncpg.Pool:
         # No reset on release: asyncpg's default resets every connection it gets back (RESET ALL,
         # UNLISTEN, ...), a round trip per statement; these autocommitted statements leave no state.
-        return await asyncpg.create_pool(self._dsn, min_size=0, max_size=20, init=_codecs, reset=_keep)
+        return await asyncpg.create_pool(
+            self._dsn,
+            min_size=0,
+            max_size=self._pool_size,
+            init=_set_up,
+            reset=_keep,
+            **connect_arguments(self._timeout),
+        )
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -137,9 +246,10 @@ def _result(plan: _Plan, key: str, value: Any) -> Any:
     return value if processor is None else processor(value)
 
 
-async def _codecs(connection: asyncpg.Connection) -> None:
-    """JSON as SQLAlchemy's asyncpg dialect sets it up: its bind processor serializes the value to
-    text, the codec sends that text and decodes what comes back."""
+async def _set_up(connection: asyncpg.Connection) -> None:
+    """Keepalive, and JSON as SQLAlchemy's asyncpg dialect sets it up: its bind processor serializes
+    the value to text, the codec sends that text and decodes what comes back."""
+    keep_alive(connection)
     await connection.set_type_codec(
         "json", encoder=str.encode, decoder=_decode_json, schema="pg_catalog", format="binary"
     )

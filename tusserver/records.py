@@ -104,13 +104,17 @@ def _to_upload(row: Any) -> Upload:
 class UploadRecords:
     """Upload rows, on SQLite or PostgreSQL."""
 
-    def __init__(self, engine: AsyncEngine, fsync: bool = False) -> None:
+    def __init__(
+        self, engine: AsyncEngine, fsync: bool = False, timeout: float = 5.0, pool_size: int = 20
+    ) -> None:
+        """`timeout`: seconds a statement may take, connecting and waiting for a connection included
+        (PostgreSQL; SQLite waits at most `statements.BUSY_PATIENCE` for a lock)."""
         self.engine = engine
         database = engine.url.database
         self._runner: StatementRunner = (
             SqliteRunner(database, fsync)
             if engine.dialect.name == "sqlite" and database and database != ":memory:"
-            else DirectRunner(engine, _PREPARED)
+            else DirectRunner(engine, _PREPARED, timeout, pool_size)
         )
 
     async def close(self) -> None:

@@ -59,14 +59,16 @@ def policy_of(settings: Settings) -> Policy:
 @asynccontextmanager
 async def running(settings: Settings, hooks: Sequence[Hook] = ()) -> AsyncIterator[Runtime]:
     """Everything a server needs, with the lease keeper running; torn down in reverse on exit."""
-    engine = make_engine(settings.resolved_database_url, fsync=settings.fsync)
+    engine = make_engine(settings.resolved_database_url, settings.fsync, settings.database_timeout)
     runner = HookRunner(hooks)
     storage: LocalStorage | None = None
     records: UploadRecords | None = None
     keeper: asyncio.Task[None] | None = None
     try:
         await migrate(engine)
-        records = UploadRecords(engine, settings.fsync)
+        records = UploadRecords(
+            engine, settings.fsync, settings.database_timeout, settings.database_pool_size
+        )
         locks = UploadLocks(records, instance_name(), settings.lock_ttl, settings.lock_timeout)
         _write_errors_instead_of_signals()
         storage = LocalStorage(settings.uploads_dir, settings.fsync, settings.min_free_space)

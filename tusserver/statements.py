@@ -10,10 +10,12 @@ need `run(statement)`:
   processes, `--workers`, may hold it). WAL checkpoints, which fsync, run in a thread every few
   seconds instead of inside a commit on the loop. With `--fsync` every commit fsyncs, so then the
   statements run in one database thread instead (one hop per statement).
-- `AsyncRunner` (PostgreSQL): autocommitted statements on the async engine, one network round trip
-  each instead of BEGIN + statement + COMMIT.
+- PostgreSQL: `pg_direct.py`.
 
-Connection-class failures become `ServiceUnavailable` (503 + Retry-After) here and nowhere else.
+Only failures of the database as a service become `ServiceUnavailable` (503 + Retry-After): it cannot
+be reached, is locked for too long, cannot read or write its files (507 when its disk is full). An
+error in the SQL itself (no such column, a syntax error: a bug or a schema that does not match) is
+not an outage and is not disguised as one: it propagates, and the request answers 500.
 """
 
 from __future__ import annotations
@@ -29,17 +31,22 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
-from tusserver.errors import ServiceUnavailable
+from tusserver.errors import ServiceUnavailable, StorageFull
 
 log = logging.getLogger(__name__)
 RETRY_AFTER_SECONDS = "5"
 BUSY_PATIENCE = 10.0
 """Seconds a statement retries a database locked by another process before answering 503."""
 CHECKPOINT_EVERY = 5.0
-_UNAVAILABLE = (sa.exc.OperationalError, sa.exc.InterfaceError, OSError)
+MINIMUM_SQLITE = (3, 35, 0)
+"""The oldest SQLite library whose SQL this release uses (UPDATE ... RETURNING)."""
+# Primary result codes (https://sqlite.org/rescode.html); extended codes keep them in the low byte.
+_SQLITE_BUSY = frozenset({5, 6})  # BUSY, LOCKED: another connection has it; retried
+_SQLITE_FULL = 13
+_SQLITE_OUTAGE = frozenset({7, 8, 10, 11, 14, 15, 26})
+"""NOMEM, READONLY, IOERR, CORRUPT, CANTOPEN, PROTOCOL, NOTADB: the database file cannot be used."""
 
 
 @dataclass(frozen=True)
@@ -61,36 +68,21 @@ class StatementRunner(Protocol):
 
 
 def unavailable(exc: BaseException) -> ServiceUnavailable:
-    log.warning("database_unavailable error=%s", type(exc).__name__)
+    log.warning("database_unavailable error=%s detail=%s", type(exc).__name__, str(exc).splitlines()[:1])
     return ServiceUnavailable("database unavailable, retry later", {"Retry-After": RETRY_AFTER_SECONDS})
 
 
-class AsyncRunner:
-    """Autocommitted statements on an async engine (PostgreSQL through asyncpg). It keeps a pool of
-    its own, made autocommit once for good: no isolation level set and reset, and no ROLLBACK, per
-    checkout (measured: 212 -> 185 µs a primary-key SELECT on loopback)."""
+def sqlite_library_problem() -> str | None:
+    """Why the SQLite library this Python links cannot run our SQL, or None if it can."""
+    if sqlite3.sqlite_version_info >= MINIMUM_SQLITE:
+        return None
+    needed = ".".join(map(str, MINIMUM_SQLITE))
+    return f"SQLite {sqlite3.sqlite_version} is too old: tusserver needs {needed} or newer"
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = create_async_engine(
-            engine.url,
-            isolation_level="AUTOCOMMIT",
-            skip_autocommit_rollback=True,
-            pool_size=10,
-            max_overflow=20,
-            pool_recycle=1800,
-        )
 
-    async def run(self, statement: sa.Executable, params: Params | None = None) -> Ran:
-        try:
-            async with self._engine.connect() as connection:
-                result = await connection.execute(statement, params)
-                rows = result.all() if result.returns_rows else []
-                return Ran(rows, result.rowcount)
-        except _UNAVAILABLE as exc:
-            raise unavailable(exc) from exc
-
-    async def close(self) -> None:
-        await self._engine.dispose()
+def _sqlite_code(exc: sa.exc.DBAPIError) -> int | None:
+    code = getattr(exc.orig, "sqlite_errorcode", None)
+    return None if code is None else int(code) & 0xFF
 
 
 class SqliteRunner:
@@ -118,10 +110,16 @@ class SqliteRunner:
                     return self._run_now(statement, params)
                 loop = asyncio.get_running_loop()
                 return await loop.run_in_executor(self._thread, self._run_now, statement, params)
-            except sa.exc.OperationalError as exc:
-                if not _busy(exc) or time.monotonic() + delay > deadline:
+            except sa.exc.DBAPIError as exc:
+                code = _sqlite_code(exc)
+                if code == _SQLITE_FULL:
+                    log.warning("database_full error=%s", exc.orig)
+                    raise StorageFull("the database's disk is full") from exc
+                if code in _SQLITE_OUTAGE or (code in _SQLITE_BUSY and time.monotonic() + delay > deadline):
                     raise unavailable(exc) from exc
-            except _UNAVAILABLE as exc:
+                if code not in _SQLITE_BUSY:
+                    raise  # an error in the SQL: a bug, not an outage
+            except OSError as exc:
                 raise unavailable(exc) from exc
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.05)
@@ -174,10 +172,6 @@ def _tune(synchronous: str) -> Callable[[Any, object], None]:
         cursor.close()
 
     return tune
-
-
-def _busy(exc: sa.exc.OperationalError) -> bool:
-    return "locked" in str(exc.orig) or "busy" in str(exc.orig)
 
 
 def _checkpoint(database: str) -> None:
