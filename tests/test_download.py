@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import app_client
 from tests.helpers import create, patch
+from tests.servers import ServerProcess
 from tusserver import Settings
 
 pytestmark = pytest.mark.anyio
@@ -36,6 +37,49 @@ async def test_get_streams_the_bytes_without_tus_headers(client: httpx.AsyncClie
     assert response.headers["Accept-Ranges"] == "bytes"
     assert response.headers["ETag"].startswith('"')
     assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Content-Security-Policy"] == "sandbox"
+
+
+async def test_finished_upload_is_cacheable_and_answers_conditional_gets(client: httpx.AsyncClient) -> None:
+    path = await finished(client)
+    first = await client.get(path)
+    etag, modified = first.headers["ETag"], first.headers["Last-Modified"]
+    assert first.headers["Cache-Control"] == "private, max-age=3600"
+    matching = [{"If-None-Match": etag}, {"If-None-Match": f'"other", W/{etag}'}, {"If-None-Match": "*"}]
+    for conditions in [*matching, {"If-Modified-Since": modified}]:
+        again = await client.get(path, headers=conditions)
+        assert again.status_code == 304, conditions
+        assert again.content == b""
+        assert again.headers["ETag"] == etag
+    for conditions in ({"If-None-Match": '"other"'}, {"If-Modified-Since": "Thu, 01 Jan 1970 00:00:00 GMT"},
+                       {"If-Modified-Since": "not a date"}):  # fmt: skip
+        again = await client.get(path, headers=conditions)
+        assert again.status_code == 200, conditions
+        assert again.content == DATA
+
+
+async def test_missing_file_is_410_before_any_header(client: httpx.AsyncClient, settings: Settings) -> None:
+    path = await finished(client)
+    (settings.uploads_dir / path.rsplit("/", 1)[1]).unlink()  # gone under its row, by hand
+    response = await client.get(path)
+    assert response.status_code == 410
+    assert "Traceback" not in response.text
+
+
+def test_delete_during_a_download_does_not_cut_it_short(server: ServerProcess) -> None:
+    data = DATA * 1600  # 16 MiB: far more than socket buffers hold, so the GET is still streaming
+    tus = {"Tus-Resumable": "1.0.0"}
+    url = httpx.post(server.url, headers={**tus, "Upload-Length": str(len(data))}).headers["Location"]
+    octets = {**tus, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"}
+    assert httpx.patch(url, content=data, headers=octets, timeout=30).status_code == 204
+    with httpx.stream("GET", url, timeout=30) as response:
+        chunks = response.iter_raw(65536)
+        received = next(chunks)
+        assert httpx.delete(url, headers=tus).status_code == 204
+        assert not (server.data_dir / "uploads" / url.rsplit("/", 1)[1]).exists()
+        received += b"".join(chunks)
+    assert received == data
+    assert httpx.get(url).status_code == 404
 
 
 @pytest.mark.parametrize(

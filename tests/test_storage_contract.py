@@ -39,7 +39,7 @@ def new_upload(length: int | None, offset: int = 0, concat: str | None = None) -
 
 
 async def stored(storage: Storage, upload: Upload) -> bytes:
-    return b"".join([block async for block in storage.read(upload)])
+    return b"".join([block async for block in await storage.read(upload)])
 
 
 async def write(storage: Storage, upload: Upload, *chunks: bytes) -> int:
@@ -99,7 +99,7 @@ async def test_reads_serve_committed_ranges_only(storage: Storage) -> None:
     await write(storage, upload, b"01234567")
     half = replace(upload, offset=4)  # only four bytes are committed
     assert await stored(storage, half) == b"0123"
-    assert b"".join([b async for b in storage.read(replace(upload, offset=8), 2, 5)]) == b"234"
+    assert b"".join([b async for b in await storage.read(replace(upload, offset=8), 2, 5)]) == b"234"
 
 
 async def test_a_vanished_upload_is_reported_as_lost(storage: Storage) -> None:

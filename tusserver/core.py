@@ -162,8 +162,10 @@ class Storage(Protocol):
         commit, so it must be idempotent (a crash may leave it to be done again)."""
         ...
 
-    def read(self, upload: Upload, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        """Stream the committed bytes in [start, end)."""
+    async def read(self, upload: Upload, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """Open the committed bytes in [start, end) for streaming: opening fails here (410 if they are
+        gone), before the caller has promised anything; once open, a concurrent delete cannot cut
+        the stream short."""
         ...
 
     async def delete(self, upload: Upload) -> None:

@@ -4,16 +4,23 @@ Types from the client's `filetype` metadata are only passed on when they are on 
 media that browsers render without running code (no HTML, no SVG); everything else is served as
 `application/octet-stream` and as an attachment. File names from `filename` metadata are sanitised:
 an ASCII fallback without quotes, backslashes or control characters, plus RFC 6266 / RFC 8187
-`filename*` for anything else, so no header can be injected.
+`filename*` for anything else, so no header can be injected. Every download also carries
+`Content-Security-Policy: sandbox` and `nosniff`, so even a file a browser renders cannot run script
+in the server's origin. A finished upload never changes: it gets `ETag` and `Last-Modified`, a
+private cache lifetime, and `If-None-Match` / `If-Modified-Since` answer 304.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from urllib.parse import quote
 
+from tusserver.core import Upload
 from tusserver.errors import TusError
+from tusserver.protocol import CACHE_CONTROL, format_http_date
 
 INLINE_TYPES = frozenset(
     {
@@ -23,6 +30,9 @@ INLINE_TYPES = frozenset(
     }
 )  # fmt: skip
 DEFAULT_TYPE = "application/octet-stream"
+DOWNLOAD_SAFETY = {"Content-Security-Policy": "sandbox", "X-Content-Type-Options": "nosniff"}
+CACHE_LIFETIME = "private, max-age=3600"
+"""Private: an upload may be someone's own file behind authorization; shared caches keep out."""
 _RANGE = re.compile(r"bytes=(?P<start>[0-9]*)-(?P<end>[0-9]*)")
 _UNSAFE_FALLBACK = re.compile(r'[^\x20-\x7e]|["\\%;]')
 
@@ -86,3 +96,27 @@ def content_disposition(filename: str | None, media: str) -> str:
     if fallback != name:
         value += f"; filename*=UTF-8''{quote(name, safe='')}"
     return value
+
+
+def cache_validators(upload: Upload) -> dict[str, str]:
+    """`ETag`, `Last-Modified` and `Cache-Control` of a finished upload (its bytes never change)."""
+    validators = {"ETag": f'"{upload.id}-{upload.offset}"', CACHE_CONTROL: CACHE_LIFETIME}
+    if upload.completed_at is not None:
+        validators["Last-Modified"] = format_http_date(upload.completed_at)
+    return validators
+
+
+def not_modified(request_headers: Mapping[str, str], validators: Mapping[str, str]) -> bool:
+    """Whether a conditional GET can be answered 304 (RFC 9110 §13.1.2, §13.1.3: If-None-Match wins)."""
+    if_none_match = request_headers.get("if-none-match")
+    if if_none_match is not None:
+        tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+        return "*" in tags or validators["ETag"] in tags
+    since = request_headers.get("if-modified-since")
+    modified = validators.get("Last-Modified")
+    if since is None or modified is None:
+        return False
+    try:
+        return parsedate_to_datetime(modified) <= parsedate_to_datetime(since)
+    except (TypeError, ValueError):
+        return False  # an unreadable date is ignored (RFC 9110 §13.1.3)

@@ -12,7 +12,14 @@ from starlette.responses import Response, StreamingResponse
 
 from tusserver.config import Settings
 from tusserver.core import Upload, is_upload_id
-from tusserver.downloads import content_disposition, media_type, parse_range
+from tusserver.downloads import (
+    DOWNLOAD_SAFETY,
+    cache_validators,
+    content_disposition,
+    media_type,
+    not_modified,
+    parse_range,
+)
 from tusserver.errors import MethodNotAllowed, OffsetMismatch, TooLarge, UploadNotFound
 from tusserver.pipeline import Body, BodyReader
 from tusserver.protocol import (
@@ -132,26 +139,29 @@ async def patch(request: Request, upload_id: str) -> Response:
 
 
 async def download(request: Request, upload_id: str) -> Response:
-    """GET: stream a finished upload, with its declared type when safe and single ranges."""
+    """GET: stream a finished upload, with its declared type when safe and single ranges. A finished
+    upload never changes, so it is cacheable and answers conditional requests with 304."""
     upload = await _service(request).get(upload_id)
     if not upload.is_complete:
         raise OffsetMismatch("upload is not finished yet", {UPLOAD_OFFSET: str(upload.offset)})
+    validators = cache_validators(upload)
+    if not_modified(request.headers, validators):
+        return Response(status_code=304, headers=validators)
     metadata = metadata_text(upload.metadata)
     media = media_type(metadata.get("filetype"))
     total = upload.offset
     span = parse_range(request.headers.get("range"), total)
     start, end = (span.start, span.end) if span else (0, total)
+    stream = await _service(request).storage.read(upload, start, end)  # 410 now if the bytes are gone
     headers = {
+        **validators,
+        **DOWNLOAD_SAFETY,
         "Content-Length": str(end - start),
         "Content-Disposition": content_disposition(metadata.get("filename"), media),
         "Accept-Ranges": "bytes",
-        "ETag": f'"{upload.id}-{total}"',
-        "X-Content-Type-Options": "nosniff",
-        CACHE_CONTROL: "no-store",
     }
     if span:
         headers["Content-Range"] = span.content_range(total)
-    stream = _service(request).storage.read(upload, start, end)
     return StreamingResponse(stream, status_code=206 if span else 200, headers=headers, media_type=media)
 
 

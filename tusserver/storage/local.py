@@ -32,6 +32,7 @@ from pathlib import Path
 
 import aiofiles
 import aiofiles.os
+from aiofiles.threadpool.binary import AsyncBufferedReader
 
 from tusserver.core import Hasher, Upload, WriteResult, is_upload_id
 from tusserver.errors import StorageFull, StorageUnavailable, TusError, UploadDataLost
@@ -157,15 +158,11 @@ class LocalStorage:
 
     async def read(self, upload: Upload, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         stop = upload.offset if end is None else min(end, upload.offset)
-        async with aiofiles.open(self.path(upload), "rb") as file:
-            await file.seek(start)
-            position = start
-            while position < stop:
-                block = await file.read(min(READ_SIZE, stop - position))
-                if not block:
-                    return
-                position += len(block)
-                yield block
+        try:  # opened now: the open file stays readable whatever a DELETE does meanwhile
+            file = await aiofiles.open(self.path(upload), "rb")
+        except OSError as exc:
+            raise storage_error(exc, "reading") from exc
+        return _blocks(file, start, stop)
 
     async def delete(self, upload: Upload) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -290,6 +287,20 @@ class LocalWriter:
                 views.pop(0)
             if written:
                 views[0] = views[0][written:]
+
+
+async def _blocks(file: AsyncBufferedReader, start: int, stop: int) -> AsyncIterator[bytes]:
+    try:
+        await file.seek(start)
+        position = start
+        while position < stop:
+            block = await file.read(min(READ_SIZE, stop - position))
+            if not block:
+                return
+            position += len(block)
+            yield block
+    finally:
+        await file.close()
 
 
 def _copy_into(target: Path, sources: Sequence[tuple[Path, int]]) -> None:
