@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,15 @@ def release_lease(database_url: str, upload_id: str) -> None:
         sa.update(upload_table)
         .where(upload_table.c.id == upload_id)
         .values(lock_owner=None, lock_expires_at=None),
+    )
+
+
+def age_row(database_url: str, upload_id: str, seconds: float) -> None:
+    """Make the upload look created `seconds` ago."""
+    created = stored_row(database_url, upload_id).created_at - timedelta(seconds=seconds)
+    _run_in_database(
+        database_url,
+        sa.update(upload_table).where(upload_table.c.id == upload_id).values(created_at=created),
     )
 
 

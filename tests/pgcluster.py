@@ -26,17 +26,27 @@ def _as_postgres(*command: str) -> list[str]:
 
 
 class PostgresCluster:
-    def __init__(self) -> None:
+    def __init__(self, password: str | None = None) -> None:
+        """With `password`, connections must give it (scram-sha-256); else trust."""
         self.port = free_port()
+        self.password = password
         self.directory = Path(tempfile.mkdtemp(prefix="tusserver-pg-"))
         self.data = self.directory / "data"
         if os.geteuid() == 0:
             shutil.chown(self.directory, "postgres")
-        self._run(_binary("initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        auth = ["--auth=trust"]
+        if password is not None:
+            secret = self.directory / "password"
+            secret.write_text(password)
+            if os.geteuid() == 0:
+                shutil.chown(secret, "postgres")
+            auth = ["--auth=scram-sha-256", f"--pwfile={secret}"]
+        self._run(_binary("initdb"), "-D", str(self.data), "-U", "postgres", *auth, "-E", "UTF8")
 
     @property
     def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        credentials = "postgres" if self.password is None else f"postgres:{self.password}"
+        return f"postgresql://{credentials}@127.0.0.1:{self.port}/postgres"
 
     def _run(self, *command: str) -> None:
         subprocess.run(_as_postgres(*command), check=True, capture_output=True, timeout=120)

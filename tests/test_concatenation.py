@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import os
+from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -42,14 +46,43 @@ async def test_partials_concatenate_in_order_x2_x3_x4(client: httpx.AsyncClient,
     assert stored_bytes(settings.data_dir, path) == b"AAAAA\nBBBBBB\n"
 
 
+@pytest.fixture
+async def keeping(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of a server started with --keep-partials."""
+    async with app_client(replace(settings, keep_partials=True)) as http:
+        yield http
+
+
 async def test_space_after_semicolon_and_repeated_partial_x13_x14(
-    client: httpx.AsyncClient, settings: Settings
+    keeping: httpx.AsyncClient, settings: Settings
 ) -> None:
-    part = await partial(client, b"ab")
-    response = await final(client, f"final; {part} {part}")
+    part = await partial(keeping, b"ab")
+    response = await final(keeping, f"final; {part} {part}")
     assert response.status_code == 201
     assert stored_bytes(settings.data_dir, httpx.URL(response.headers["Location"]).path) == b"abab"
-    assert (await client.head(part)).status_code == 200  # the partial is still there
+    assert (await keeping.head(part)).status_code == 200  # kept: usable in another final
+    again = await final(keeping, f"final;{part}")
+    assert stored_bytes(settings.data_dir, httpx.URL(again.headers["Location"]).path) == b"ab"
+
+
+async def test_partials_are_deleted_once_assembled(client: httpx.AsyncClient, settings: Settings) -> None:
+    first, second = await partial(client, b"left-"), await partial(client, b"right")
+    response = await final(client, f"final;{first} {second} {first}")
+    assert response.status_code == 201
+    for part in (first, second):
+        assert (await client.head(part)).status_code == 404
+        assert not (settings.uploads_dir / part.rsplit("/", 1)[1]).exists()
+    assert (await client.get(response.headers["Location"])).content == b"left-rightleft-"
+
+
+async def test_parts_are_bounded_repeats_included_x11(tmp_path: Path, database_url: str) -> None:
+    settings = Settings(data_dir=tmp_path / "data", database_url=database_url, max_concat_parts=3)
+    async with app_client(replace(settings, keep_partials=True)) as client:
+        part = await partial(client, b"x")
+        assert (await final(client, f"final;{part} {part} {part}")).status_code == 201
+        refused = await final(client, f"final;{part} {part} {part} {part}")
+        assert refused.status_code == 400
+        assert "at most 3 partial uploads" in refused.text
 
 
 async def test_patch_to_final_is_403_whatever_the_offset_x6(client: httpx.AsyncClient) -> None:
@@ -127,11 +160,31 @@ async def test_finish_hook_fires_for_the_final_only(tmp_path: Path, database_url
 
 
 async def test_deleting_a_partial_leaves_the_final_intact_t7(
-    client: httpx.AsyncClient, settings: Settings
+    keeping: httpx.AsyncClient, settings: Settings
 ) -> None:
-    first, second = await partial(client, b"left-"), await partial(client, b"right")
-    path = httpx.URL((await final(client, f"final;{first} {second}")).headers["Location"]).path
-    assert (await client.delete(first)).status_code == 204
-    assert (await client.delete(second)).status_code == 204
+    first, second = await partial(keeping, b"left-"), await partial(keeping, b"right")
+    path = httpx.URL((await final(keeping, f"final;{first} {second}")).headers["Location"]).path
+    assert (await keeping.delete(first)).status_code == 204
+    assert (await keeping.delete(second)).status_code == 204
     assert stored_bytes(settings.data_dir, path) == b"left-right"
-    assert (await client.get(path)).content == b"left-right"
+    assert (await keeping.get(path)).content == b"left-right"
+
+
+@pytest.mark.parametrize("error", [errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP])
+async def test_assembly_falls_back_to_plain_copies(
+    client: httpx.AsyncClient, settings: Settings, monkeypatch: pytest.MonkeyPatch, error: int
+) -> None:
+    """No file system here refuses copy_file_range, so the refusal is simulated (the one mock)."""
+    refused: list[int] = []
+
+    def refuse(*args: object) -> int:
+        refused.append(error)
+        raise OSError(error, os.strerror(error))
+
+    monkeypatch.setattr(os, "copy_file_range", refuse)
+    first, second = await partial(client, b"A" * 3_000_000), await partial(client, b"B" * 5)
+    response = await final(client, f"final;{first} {second}")
+    assert response.status_code == 201
+    location = httpx.URL(response.headers["Location"]).path
+    assert stored_bytes(settings.data_dir, location) == b"A" * 3_000_000 + b"BBBBB"
+    assert refused == [error]  # tried once, then plain copies for the rest

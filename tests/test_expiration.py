@@ -63,7 +63,7 @@ async def test_expired_upload_is_410_before_cleanup_e7(tmp_path: Path, database_
 async def test_sweeper_deletes_expired_rows_and_bytes(
     tmp_path: Path, database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="tusserver.expiry")
+    caplog.set_level(logging.INFO, logger="tusserver.sweeper")
     settings = expiring(tmp_path, database_url, expire_after=0.3, cleanup_interval=0.2)
     async with app_client(settings) as client:
         abandoned = await create(client, 10)

@@ -10,8 +10,10 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
+from types import FrameType
 
 import uvicorn
 
@@ -19,6 +21,8 @@ from tusserver.allocator import export_to_children, tune_malloc
 from tusserver.app import create_app
 from tusserver.config import ENV_PREFIX, Settings
 from tusserver.database import downgrade, make_engine, migrate
+from tusserver.http_limits import LimitedHttpToolsProtocol
+from tusserver.preflight import StartupProblem, explain, run_checks
 from tusserver.runtime import running
 
 # (flag, metavar, help); a metavar of None makes an on/off switch.
@@ -124,20 +128,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    if args.command == "migrate":
-        asyncio.run(_migrate(settings, args.revision, args.downgrade))
-        print(f"database at revision {args.revision}")
-        return 0
-    if args.command == "cleanup":
-        deleted = asyncio.run(_cleanup(settings))
-        print(f"deleted {deleted} expired upload(s)")
-        return 0
-    return serve(settings)
+    if args.command == "serve":
+        return serve(settings)
+    try:
+        if args.command == "migrate":
+            asyncio.run(_migrate(settings, args.revision, args.downgrade))
+            print(f"database at revision {args.revision}")
+        else:
+            deleted, reaped = asyncio.run(_cleanup(settings))
+            print(f"deleted {deleted} expired upload(s), reaped {reaped} orphan(s)")
+    except Exception as exc:  # an operator's command: one line, not a traceback
+        print(
+            f"tusserver: {explain(exc, settings.resolved_database_url, settings.database_timeout)}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
 
 
-async def _cleanup(settings: Settings) -> int:
+async def _cleanup(settings: Settings) -> tuple[int, int]:
     async with running(settings) as runtime:
-        return await runtime.sweeper.sweep()
+        return await runtime.sweeper.sweep(), await runtime.sweeper.reap_orphans()
 
 
 async def _migrate(settings: Settings, revision: str, down: bool) -> None:
@@ -158,7 +169,13 @@ def serve(settings: Settings) -> int:
     except ValueError as exc:
         print(f"tusserver: {exc}", file=sys.stderr)
         return 2
+    try:
+        run_checks(settings)  # port, data directory, database and schema: one line each if wrong
+    except StartupProblem as exc:
+        print(f"tusserver: {exc}", file=sys.stderr)
+        return 1
     os.environ.update(settings.to_env())
+    _exit_cleanly_after_shutdown()
     uvicorn.run(
         "tusserver.app:app_from_env",
         factory=True,
@@ -169,5 +186,25 @@ def serve(settings: Settings) -> int:
         server_header=False,
         root_path=settings.root_path.rstrip("/"),
         timeout_graceful_shutdown=int(settings.shutdown_timeout),
+        http=LimitedHttpToolsProtocol,  # 431 / 408 on request heads; limits from the environment above
+        limit_concurrency=_concurrency_limit(settings.max_concurrency),
     )
     return 0
+
+
+def _exit_cleanly_after_shutdown() -> None:
+    """uvicorn re-raises the SIGTERM / SIGINT that stopped it once it has shut down, with the handler
+    it found; the default one would end the process as killed by the signal (SIGINT: a traceback).
+    A handler that does nothing lets `serve` return, and the process exit 0."""
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, _ignore)
+
+
+def _ignore(number: int, frame: FrameType | None) -> None:
+    return None
+
+
+def _concurrency_limit(connections: int | None) -> int | None:
+    """uvicorn's `limit_concurrency` counts the connection asking among those open: N + 1 lets N be
+    served at once, the next get 503."""
+    return None if connections is None else connections + 1

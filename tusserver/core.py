@@ -172,6 +172,18 @@ class Storage(Protocol):
         """Remove every trace of the upload's bytes. Idempotent."""
         ...
 
+    def stored_before(self, cutoff: datetime, batch: int) -> AsyncIterator[list[str]]:
+        """IDs of the stored objects last written before `cutoff`, in batches (for orphan reaping)."""
+        ...
+
+    async def missing(self, upload_ids: Sequence[str]) -> set[str]:
+        """Which of `upload_ids` have no stored bytes at all."""
+        ...
+
+    async def discard(self, upload_id: str) -> bool:
+        """Remove stored bytes that no upload row refers to (an orphan); False if there were none."""
+        ...
+
     def describe(self, upload: Upload) -> Mapping[str, str]:
         """Where the bytes are, for hooks and logs (e.g. `{"type": "local", "path": ...}`)."""
         ...

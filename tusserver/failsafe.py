@@ -6,16 +6,22 @@ and tus middleware, so that answer still carries `Tus-Resumable` and the CORS he
 to read it, and it is a complete response, so the client's keep-alive connection stays usable. If the
 response had already begun (a download that failed half way), the connection is closed instead, which
 is the only way left to tell the client the body is incomplete.
+
+A request the server cancels because its graceful shutdown ran out of time (a download stuck on a
+client that stopped reading) ends quietly too: 503 + Retry-After if nothing was sent yet, else the
+connection closes; no traceback, and the process exits 0.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from tusserver.middleware import ASGIApp, Message, Receive, Scope, Send
+from tusserver.statements import RETRY_AFTER_SECONDS
 
 log = logging.getLogger(__name__)
-_BODY = b"internal server error\n"
+RETRY = (b"retry-after", RETRY_AFTER_SECONDS.encode())
 
 
 class FailsafeMiddleware:
@@ -36,18 +42,22 @@ class FailsafeMiddleware:
 
         try:
             await self.app(scope, receive, tracking_send)
+        except asyncio.CancelledError:
+            log.info("request_cancelled method=%s path=%s reason=shutdown", scope["method"], scope["path"])
+            if not started:
+                await _answer(scope["method"], send, 503, b"server is shutting down, retry\n", RETRY)
         except Exception:
             log.exception("internal_error method=%s path=%s", scope["method"], scope["path"])
             if not started:
-                await _answer_500(scope["method"], send)
+                await _answer(scope["method"], send, 500, b"internal server error\n")
             # else: return without finishing the response; the server closes the connection
 
 
-async def _answer_500(method: str, send: Send) -> None:
-    body = b"" if method == "HEAD" else _BODY
+async def _answer(method: str, send: Send, status: int, text: bytes, *extra: tuple[bytes, bytes]) -> None:
     headers = [
+        *extra,
         (b"content-type", b"text/plain; charset=utf-8"),
-        (b"content-length", str(len(_BODY)).encode()),
+        (b"content-length", str(len(text)).encode()),
     ]
-    await send({"type": "http.response.start", "status": 500, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if method == "HEAD" else text})

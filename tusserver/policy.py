@@ -24,6 +24,10 @@ class Policy:
     """Lifetime of a finished upload; None: kept until deleted."""
     commit_every: float = 2.0
     """Seconds between offset commits while one long request streams (what a crash can lose)."""
+    max_concat_parts: int = 1000
+    """Most partial uploads one final upload may name, repeats included."""
+    keep_partials: bool = False
+    """Keep partial uploads once a final upload has assembled them (default: delete them)."""
 
     def expires_at(self, upload: Upload, now: datetime) -> datetime | None:
         lifetime = self.retain_finished if upload.completed_at else self.expire_after

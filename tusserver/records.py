@@ -88,6 +88,13 @@ _ALL = {column.name: _set(column.name) for column in upload_table.c}
 _INSERT = sa.insert(upload_table).values(**_ALL)
 _INSERT_LEASED = sa.insert(upload_table).values(**{**_ALL, "lock_expires_at": _TTL})
 _FORGET = sa.delete(upload_table).where(_ID)
+_KNOWN = sa.select(_t.id).where(_t.id.in_(_p("upload_ids", expanding=True)))
+_CREATED_BEFORE = (
+    sa.select(_t.id)
+    .where(_t.id > _p("after"), _t.created_at < _p("cutoff", type_=_t.created_at.type))
+    .order_by(_t.id)
+    .limit(_p("limit", type_=sa.Integer))
+)
 _DELETE = sa.delete(upload_table).where(_OWNED)
 _PREPARED = (
     _GET, _EXISTS, _ACQUIRE, _ASK_RELEASE, _RELEASE, _COMMIT_RELEASE, _COMMIT_KEEP,
@@ -208,6 +215,18 @@ class UploadRecords:
         """IDs of uploads whose `expires_at` has passed, oldest first."""
         query = sa.select(_t.id).where(_t.expires_at <= now).order_by(_t.expires_at).limit(limit)
         return [row.id for row in await self._rows(query)]
+
+    async def known_ids(self, upload_ids: Sequence[str]) -> set[str]:
+        """Which of `upload_ids` have a row."""
+        if not upload_ids:
+            return set()
+        rows = await self._rows(_KNOWN, upload_ids=list(upload_ids))
+        return {row.id for row in rows}
+
+    async def ids_created_before(self, cutoff: datetime, after: str, limit: int) -> list[str]:
+        """IDs above `after` (in ID order) of uploads created before `cutoff`: a page of a full scan."""
+        rows = await self._rows(_CREATED_BEFORE, cutoff=cutoff, after=after, limit=limit)
+        return [row.id for row in rows]
 
     async def delete(self, upload_id: str, owner: str) -> bool:
         """Delete the row if `owner` holds its lease; False if it did not."""

@@ -1,5 +1,5 @@
 """Assembling a running server's parts from `Settings`: engine (migrated), records, storage, locks and
-their keeper task, hooks, the upload service and the expiry sweeper; and tearing them down. Used by
+their keeper task, hooks, the upload service and the sweeper; and tearing them down. Used by
 the ASGI lifespan and by the command line (`tusserver cleanup`). Knows nothing of HTTP.
 """
 
@@ -18,12 +18,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tusserver.config import Settings
 from tusserver.core import Hook
 from tusserver.database import make_engine, migrate
-from tusserver.expiry import ExpirySweeper
 from tusserver.hooks import CallableHook, HookRunner, WebhookHook, load_callable
 from tusserver.locking import UploadLocks, instance_name
 from tusserver.policy import Policy
 from tusserver.records import UploadRecords
 from tusserver.storage import LocalStorage
+from tusserver.sweeper import Sweeper
 from tusserver.uploads import UploadService
 
 
@@ -31,7 +31,7 @@ from tusserver.uploads import UploadService
 class Runtime:
     engine: AsyncEngine
     service: UploadService
-    sweeper: ExpirySweeper
+    sweeper: Sweeper
 
 
 def build_hooks(settings: Settings) -> list[Hook]:
@@ -53,6 +53,8 @@ def policy_of(settings: Settings) -> Policy:
         expire_after=lifetime(settings.expire_after),
         retain_finished=lifetime(settings.retain_finished),
         commit_every=settings.commit_interval,
+        max_concat_parts=settings.max_concat_parts,
+        keep_partials=settings.keep_partials,
     )
 
 
@@ -76,7 +78,7 @@ async def running(settings: Settings, hooks: Sequence[Hook] = ()) -> AsyncIterat
             records, storage, locks, runner, policy_of(settings), settings.network_timeout
         )
         keeper = asyncio.create_task(locks.keep())
-        yield Runtime(engine, service, ExpirySweeper(records, storage, locks))
+        yield Runtime(engine, service, Sweeper(records, storage, locks, settings.orphan_grace))
     finally:
         if keeper is not None:
             keeper.cancel()

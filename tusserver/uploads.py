@@ -16,6 +16,7 @@ from tusserver.errors import (
     Forbidden,
     StorageFull,
     TooLarge,
+    TusError,
     UploadGone,
     UploadLocked,
     UploadNotFound,
@@ -137,6 +138,9 @@ class UploadService:
             raise BadRequest("this storage does not support the concatenation extension")
         if request.length is not None:
             raise BadRequest("a final upload takes its length from its partials: omit Upload-Length")
+        most = self.policy.max_concat_parts
+        if len(request.concat.parts) > most:
+            raise BadRequest(f"a final upload may name at most {most} partial uploads")
         parts = [await self._finished_partial(upload_id) for upload_id in request.concat.parts]
         length = sum(part.offset for part in parts)
         await self._check_size(length)
@@ -156,7 +160,18 @@ class UploadService:
         await self.records.add(upload)
         log.info("upload_concatenated upload_id=%s parts=%d length=%d", upload.id, len(parts), length)
         self._finished(upload)
+        if not self.policy.keep_partials:
+            for part_id in dict.fromkeys(part.id for part in parts):  # each once, in order
+                await self._remove_partial(part_id)
         return upload
+
+    async def _remove_partial(self, upload_id: str) -> None:
+        """Delete a partial the final upload no longer needs; one that cannot be deleted now (held,
+        already gone, database trouble) stays, to expire like any other upload."""
+        try:
+            await self.terminate(upload_id)
+        except TusError as exc:
+            log.warning("partial_not_removed upload_id=%s reason=%s", upload_id, exc.message)
 
     async def _finished_partial(self, upload_id: str) -> Upload:
         if not is_upload_id(upload_id):
@@ -172,13 +187,14 @@ class UploadService:
         return part
 
     async def terminate(self, upload_id: str) -> None:
-        """DELETE: forget the upload and remove its bytes."""
+        """DELETE: remove the upload's bytes, then its row (row last: a crash in between leaves a row
+        without bytes, which the sweeper reaps, never bytes nobody can name)."""
         async with self.locks.hold(upload_id) as lease:
             _alive(lease.upload)
+            await self.storage.delete(lease.upload)
             if not await self.records.delete(upload_id, lease.owner):
                 raise UploadLocked("upload was taken over by another request, retry")
             lease.move(LeaseState.RELEASED)
-            await self.storage.delete(lease.upload)
         log.info("upload_terminated upload_id=%s", upload_id)
 
     async def _check_size(self, length: int | None) -> None:

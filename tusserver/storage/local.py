@@ -26,9 +26,11 @@ import contextlib
 import errno
 import os
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 
 import aiofiles
 import aiofiles.os
@@ -38,6 +40,7 @@ from tusserver.core import Hasher, Upload, WriteResult, is_upload_id
 from tusserver.errors import StorageFull, StorageUnavailable, TusError, UploadDataLost
 
 READ_SIZE = 1024 * 1024
+_NO_KERNEL_COPY = frozenset({errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP})
 BLOCK_SIZE = 512 * 1024
 """Bytes gathered before one write: one thread hop per MiB, not per ASGI chunk."""
 _IOV_MAX = 1024
@@ -70,6 +73,9 @@ def storage_error(exc: OSError, what: str) -> TusError:
     return StorageUnavailable(f"storage error while {what} ({name}), retry later", {"Retry-After": "5"})
 
 
+T = TypeVar("T")
+
+
 class LocalStorage:
     """Storage in a directory of the local file system (or a shared mount such as NFS)."""
 
@@ -99,10 +105,10 @@ class LocalStorage:
     async def room(self) -> int | None:
         return max(self.free_bytes(), 0)
 
-    async def _run(self, what: str, function: object, *args: object) -> None:
+    async def _run(self, what: str, function: Callable[..., T], *args: object) -> T:
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self.pool, function, *args)  # type: ignore[arg-type]
+            return await loop.run_in_executor(self.pool, function, *args)
         except OSError as exc:
             raise storage_error(exc, what) from exc
 
@@ -165,8 +171,36 @@ class LocalStorage:
         return _blocks(file, start, stop)
 
     async def delete(self, upload: Upload) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            await aiofiles.os.remove(self.path(upload))
+        await self.discard(upload.id)
+
+    async def stored_before(self, cutoff: datetime, batch: int) -> AsyncIterator[list[str]]:
+        names = await self._run("listing uploads", self._names_before, cutoff.timestamp())
+        for start in range(0, len(names), batch):
+            yield names[start : start + batch]
+
+    def _names_before(self, cutoff: float) -> list[str]:
+        found = []
+        with os.scandir(self.directory) as entries:
+            for entry in entries:
+                if not is_upload_id(entry.name):
+                    continue
+                with contextlib.suppress(FileNotFoundError):  # deleted while we looked
+                    if entry.stat().st_mtime < cutoff:
+                        found.append(entry.name)
+        return found
+
+    async def missing(self, upload_ids: Sequence[str]) -> set[str]:
+        paths = [(name, self.directory / name) for name in upload_ids if is_upload_id(name)]
+        return await self._run("looking for uploads", _absent, paths)
+
+    async def discard(self, upload_id: str) -> bool:
+        if not is_upload_id(upload_id):
+            raise ValueError(f"not an upload id: {upload_id!r}")
+        try:
+            await aiofiles.os.remove(self.directory / upload_id)
+        except FileNotFoundError:
+            return False
+        return True
 
     def describe(self, upload: Upload) -> Mapping[str, str]:
         return {"type": "local", "path": str(self.path(upload))}
@@ -289,6 +323,10 @@ class LocalWriter:
                 views[0] = views[0][written:]
 
 
+def _absent(paths: Sequence[tuple[str, Path]]) -> set[str]:
+    return {upload_id for upload_id, path in paths if not path.exists()}
+
+
 async def _blocks(file: AsyncBufferedReader, start: int, stop: int) -> AsyncIterator[bytes]:
     try:
         await file.seek(start)
@@ -304,16 +342,42 @@ async def _blocks(file: AsyncBufferedReader, start: int, stop: int) -> AsyncIter
 
 
 def _copy_into(target: Path, sources: Sequence[tuple[Path, int]]) -> None:
-    """Write the first `count` bytes of each source file, in order, into `target` (in the kernel where
-    it can: copy_file_range, without bringing the bytes into this process)."""
-    with target.open("wb") as sink:
+    """Write the first `count` bytes of each source file, in order, into `target`: in the kernel where
+    it can (copy_file_range, without bringing the bytes into this process), by plain reads and writes
+    where the file system or kernel cannot (EXDEV, EINVAL, ENOSYS, EOPNOTSUPP)."""
+    sink = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        in_kernel = True
         for source, count in sources:
-            with source.open("rb") as origin:
-                remaining = count
-                while remaining:
-                    copied = os.copy_file_range(origin.fileno(), sink.fileno(), min(remaining, 1 << 30))
-                    if copied == 0:
-                        raise FileNotFoundError(
-                            errno.ENOENT, f"{source} is shorter than its committed offset"
-                        )
-                    remaining -= copied
+            origin = os.open(source, os.O_RDONLY)
+            try:
+                in_kernel = _copy_range(origin, sink, count, in_kernel)
+            finally:
+                os.close(origin)
+    finally:
+        os.close(sink)
+
+
+def _copy_range(origin: int, sink: int, count: int, in_kernel: bool) -> bool:
+    """Copy `count` bytes from the current position of `origin` to `sink`; returns whether the kernel
+    copy still works (a fallback, once needed, is kept for the remaining sources)."""
+    remaining = count
+    while remaining:
+        if in_kernel:
+            try:
+                copied = os.copy_file_range(origin, sink, min(remaining, 1 << 30))
+            except OSError as exc:
+                if exc.errno not in _NO_KERNEL_COPY:
+                    raise
+                in_kernel = False
+                continue
+        else:
+            block = os.read(origin, min(remaining, READ_SIZE))
+            copied = len(block)
+            view = memoryview(block)
+            while view:
+                view = view[os.write(sink, view) :]
+        if copied == 0:
+            raise FileNotFoundError(errno.ENOENT, "a partial upload is shorter than its committed offset")
+        remaining -= copied
+    return in_kernel
