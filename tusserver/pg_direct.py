@@ -173,13 +173,20 @@ class DirectRunner:
         arguments = [_bound(plan, name, values[name]) for name in plan.names]
         timeout = self._timeout
         try:
-            async with asyncio.timeout(timeout * 2):  # connect or wait for a connection, then run
-                pool = self._pool or await self._open()
-                async with pool.acquire(timeout=timeout) as connection:
-                    if plan.returns_rows:
-                        records = await connection.fetch(plan.sql, *arguments, timeout=timeout)
-                    else:
-                        status = await connection.execute(plan.sql, *arguments, timeout=timeout)
+            pool = self._pool or await self._open()
+            connection = await pool.acquire(timeout=timeout)  # connecting included
+            try:
+                if plan.returns_rows:
+                    records = await connection.fetch(plan.sql, *arguments, timeout=timeout)
+                else:
+                    status = await connection.execute(plan.sql, *arguments, timeout=timeout)
+            except BaseException:
+                # Closed at once: a graceful release would first ask the server to cancel the
+                # statement, over a new connection, which a blackholed network never answers.
+                connection.terminate()
+                raise
+            finally:
+                await pool.release(connection)
         except Exception as exc:
             if not is_outage(exc):
                 raise
