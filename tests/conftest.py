@@ -99,11 +99,23 @@ def new_postgres_database() -> str:
 
 
 @pytest.fixture
-def database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+def database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
     if backend == "sqlite":
-        return f"sqlite:///{tmp_path / 'tusserver.db'}"
+        yield f"sqlite:///{tmp_path / 'tusserver.db'}"
+        return
     url: str = request.getfixturevalue("postgres_database")
-    return url
+    yield url
+    asyncio.run(_forget_hook_events(url))  # the session's database is shared: no event outlives its test
+
+
+async def _forget_hook_events(url: str) -> None:
+    connection = await asyncpg.connect(url)
+    try:
+        await connection.execute(
+            "DO $$ BEGIN DELETE FROM hook_event; EXCEPTION WHEN undefined_table THEN END $$"
+        )
+    finally:
+        await connection.close()
 
 
 @pytest.fixture

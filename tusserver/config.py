@@ -87,6 +87,19 @@ class Settings:
     min_free_space: str = "auto"
     """Free space kept on the data directory's file system: bytes (`512M`), a share (`1%`), or `auto`
     (1 %, at least 64 MiB). New bytes beyond it get 507, so the database and DELETE keep working."""
+    hooks_http: str | None = None
+    """URL that receives tusd v2 HTTP hooks (blocking pre-hooks and durable post-hooks)."""
+    hooks_enabled_events: str = "pre-create,post-create,post-receive,post-terminate,post-finish"
+    """Comma-separated hook events sent to `hooks_http` (tusd's default set; add `pre-access`,
+    `pre-terminate` as needed)."""
+    hooks_http_forward_headers: str = ""
+    """Comma-separated request headers copied onto each hook request."""
+    hooks_secret: str | None = None
+    """Key of the HMAC-SHA256 signature every hook request carries (`Tusserver-Signature`)."""
+    hooks_max_age: float = 24 * 3600.0
+    """Seconds a durable hook event is retried before it is marked dead."""
+    hooks_backoff_max: float = 300.0
+    """Longest wait, in seconds, between two delivery attempts of one event."""
     database_timeout: float = 5.0
     """Seconds to connect to the database, to wait for a pooled connection, or to run one statement,
     before the request answers 503 + Retry-After (a blackholed database never hangs a request)."""
@@ -220,6 +233,12 @@ _FIELD_PARSERS: dict[str, Callable[[str], object]] = {
     "shutdown_timeout": float,
     "network_timeout": parse_duration,
     "min_free_space": _free_space,
+    "hooks_http": str,
+    "hooks_enabled_events": str,
+    "hooks_http_forward_headers": str,
+    "hooks_secret": str,
+    "hooks_max_age": parse_duration,
+    "hooks_backoff_max": parse_duration,
     "database_timeout": parse_duration,
     "database_pool_size": int,
     "max_concurrency": lambda text: None if text.strip().lower() in _NONE else int(text),

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from tusserver.config import Settings
-from tusserver.core import Upload, is_upload_id
+from tusserver.core import Upload, is_upload_id, utcnow
 from tusserver.downloads import (
     DOWNLOAD_SAFETY,
     cache_validators,
@@ -21,6 +21,7 @@ from tusserver.downloads import (
     parse_range,
 )
 from tusserver.errors import MethodNotAllowed, OffsetMismatch, TooLarge, UploadNotFound
+from tusserver.events import EventType, RequestInfo
 from tusserver.pipeline import Body, BodyReader
 from tusserver.protocol import (
     CACHE_CONTROL,
@@ -54,6 +55,7 @@ from tusserver.uploads import NewUpload, UploadService
 from tusserver.urls import public_base
 
 COLLECTION_METHODS = "OPTIONS, POST"
+_ACCESS_CHECKED = frozenset({"HEAD", "GET", "PATCH", "DELETE"})
 UPLOAD_METHODS = "OPTIONS, HEAD, GET, PATCH, DELETE"
 
 
@@ -72,6 +74,7 @@ async def collection(request: Request) -> Response:
     if request.method == "OPTIONS":
         return options(request)
     if request.method == "POST":
+        await _pre_access(request, "")
         return await create(request)
     raise MethodNotAllowed(f"{request.method} not allowed here", {"Allow": COLLECTION_METHODS})
 
@@ -81,12 +84,14 @@ async def resource(request: Request) -> Response:
     upload_id = request.path_params["upload_id"]
     if not is_upload_id(upload_id):
         raise UploadNotFound(upload_id)
+    if request.method in _ACCESS_CHECKED:
+        await _pre_access(request, upload_id)
     if request.method == "HEAD":
         return await head(request, upload_id)
     if request.method == "PATCH":
         return await patch(request, upload_id)
     if request.method == "DELETE":
-        await _service(request).terminate(upload_id)
+        await _service(request).terminate(upload_id, request_info(request))
         return Response(status_code=204)
     if request.method == "GET" and not _settings(request).disable_download:
         return await download(request, upload_id)
@@ -119,7 +124,7 @@ async def create(request: Request) -> Response:
     body = _body(request) if _has_body(request) else None
     if body is not None:
         require_offset_stream(headers.get(CONTENT_TYPE))
-    upload = await _service(request).create(new, body)
+    upload = await _service(request).create(new, body, request_info(request))
     location = _public_base(request) + _settings(request).base_path + upload.id
     return Response(status_code=201, headers={LOCATION: location, **_progress_headers(upload)})
 
@@ -219,4 +224,24 @@ def _body(request: Request) -> Body:
     content_length = parse_size(request.headers.get(CONTENT_LENGTH), CONTENT_LENGTH)
     if content_length is None and not _has_body(request):
         content_length = 0
-    return Body(BodyReader(request.receive), content_length, request.headers.get(UPLOAD_CHECKSUM))
+    checksum = request.headers.get(UPLOAD_CHECKSUM)
+    return Body(BodyReader(request.receive), content_length, checksum, request_info(request))
+
+
+async def _pre_access(request: Request, upload_id: str) -> None:
+    """The pre-access hook, if one listens: before any state is read or changed, or a byte read."""
+    hooks = _service(request).hooks
+    if hooks.wants(EventType.PRE_ACCESS):
+        now = utcnow()
+        known = Upload(id=upload_id, offset=0, length=None, created_at=now, updated_at=now)
+        await hooks.before(EventType.PRE_ACCESS, known, {}, request_info(request))
+
+
+def request_info(request: Request) -> RequestInfo:
+    """The request as hooks see it (tusd's `HTTPRequest`)."""
+    client = request.client
+    uri = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    headers: dict[str, list[str]] = {}
+    for name, value in request.headers.items():
+        headers.setdefault("-".join(part.capitalize() for part in name.split("-")), []).append(value)
+    return RequestInfo(request.method, uri, f"{client.host}:{client.port}" if client else "", headers)

@@ -1,9 +1,16 @@
-"""Lifecycle hooks: a Python callable and/or a webhook, run in the background.
+"""Lifecycle hooks: which receivers get which events, and how.
 
-`HookRunner` owns the background tasks: a hook can neither fail nor delay the request that triggered
-it, every failure is logged with the upload ID, and shutdown waits a bounded time for deliveries in
-flight. `CallableHook` imports `package.module:function` (sync functions run in a worker thread);
-`WebhookHook` POSTs the event as JSON, retrying a few times.
+`Hooks` is what the upload service talks to:
+- `durable(kind, ...)` gives the outbox inserts for every receiver of a durable event, which
+  `UploadRecords` runs in the transaction of the state change (see `outbox.py`); `committed()` then
+  wakes the dispatcher, so delivery starts at once in the normal case.
+- `before(kind, ...)` runs a blocking hook (pre-access, pre-create, pre-terminate) inline: its answer
+  may refuse the request (`HookRejected`, with the hook's status, body and headers) or, for
+  pre-create, change the new upload's ID and metadata.
+
+Receivers: `--on-finish package.module:function` (a Python callable, post-finish), `--webhook-url`
+(tusserver's JSON, post-finish) and `--hooks-http` (tusd v2's hook protocol, see `tusd_hooks.py`).
+Post-finish is not sent for partial uploads of a concatenation (only for the final one).
 """
 
 from __future__ import annotations
@@ -12,15 +19,23 @@ import asyncio
 import importlib
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import httpx
 
-from tusserver.core import FinishEvent, Hook
+from tusserver.core import FinishEvent, Upload
+from tusserver.errors import TusError
+from tusserver.events import DURABLE, EventType, RequestInfo, event_payload, finish_event
+from tusserver.outbox import Dispatcher, Sink, insert_step
+from tusserver.statements import Step
 
 log = logging.getLogger(__name__)
 
 FinishFunction = Callable[[FinishEvent], object]
+_PRIVATE_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
+"""Left out of stored (durable) events: secrets do not rest in the outbox."""
 
 
 def load_callable(spec: str) -> FinishFunction:
@@ -39,11 +54,42 @@ def load_callable(spec: str) -> FinishFunction:
     return target
 
 
-class CallableHook:
+class HookRejected(TusError):
+    """A blocking hook refused the request; it answers with the hook's status, body and headers."""
+
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message, headers)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class HookAnswer:
+    """What a blocking hook decided."""
+
+    reject: bool = False
+    status: int | None = None
+    body: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    new_id: str | None = None
+    new_metadata: Mapping[str, str] | None = None
+
+
+class BlockingHooks(Protocol):
+    """A receiver that can answer for the server (tusd's HTTP hooks, a Python object)."""
+
+    async def call(self, kind: EventType, payload: Mapping[str, Any]) -> HookAnswer: ...
+
+    async def aclose(self) -> None: ...
+
+
+class CallableSink:
+    """`--on-finish`: a Python callable given the `FinishEvent` (sync ones run in a worker thread)."""
+
     def __init__(self, function: FinishFunction) -> None:
         self._function = function
 
-    async def on_finish(self, event: FinishEvent) -> None:
+    async def deliver(self, payload: Mapping[str, Any]) -> None:
+        event = finish_event(payload)
         if inspect.iscoroutinefunction(self._function):
             await self._function(event)
             return
@@ -52,53 +98,118 @@ class CallableHook:
             await result
 
 
-class WebhookHook:
-    def __init__(self, url: str, timeout: float, attempts: int = 3) -> None:
+class WebhookSink:
+    """`--webhook-url`: tusserver's own JSON (`FinishEvent.as_json`) plus the event ID, POSTed."""
+
+    def __init__(self, url: str, timeout: float) -> None:
         self._url = url
-        self._timeout = timeout
-        self._attempts = attempts
+        self._client = httpx.AsyncClient(timeout=timeout)
 
-    async def on_finish(self, event: FinishEvent) -> None:
-        async with httpx.AsyncClient(timeout=self._timeout) as client:
-            for attempt in range(1, self._attempts + 1):
-                try:
-                    response = await client.post(self._url, json=event.as_json())
-                    response.raise_for_status()
-                    return
-                except httpx.HTTPError:
-                    if attempt == self._attempts:
-                        raise
-                    await asyncio.sleep(attempt)
+    async def deliver(self, payload: Mapping[str, Any]) -> None:
+        body = {**finish_event(payload).as_json(), "event_id": payload["EventID"]}
+        response = await self._client.post(self._url, json=body, headers={"Tus-Event-Id": payload["EventID"]})
+        response.raise_for_status()
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
 
 
-class HookRunner:
-    """Fires hooks as background tasks owned by the application's lifespan."""
+@dataclass
+class Route:
+    """One durable receiver: its sink and the events it takes."""
 
-    def __init__(self, hooks: Sequence[Hook]) -> None:
-        self._hooks = list(hooks)
-        self._tasks: set[asyncio.Task[None]] = set()
+    sink: Sink
+    events: frozenset[EventType]
 
-    def finished(self, event: FinishEvent) -> None:
-        for hook in self._hooks:
-            self._spawn(hook.on_finish(event), event.upload.id, type(hook).__name__)
 
-    def _spawn(self, work: Awaitable[None], upload_id: str, hook_name: str) -> None:
-        task = asyncio.create_task(self._guarded(work, upload_id, hook_name))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+class Hooks:
+    def __init__(
+        self,
+        routes: Mapping[str, Route] | None = None,
+        blocking: BlockingHooks | None = None,
+        blocking_events: frozenset[EventType] = frozenset(),
+    ) -> None:
+        self.routes = dict(routes or {})
+        self._blocking = blocking
+        self._blocking_events = blocking_events
+        self._dispatcher: Dispatcher | None = None
 
-    async def _guarded(self, work: Awaitable[None], upload_id: str, hook_name: str) -> None:
-        try:
-            await work
-            log.info("hook_done hook=%s upload_id=%s", hook_name, upload_id)
-        except Exception:
-            log.exception("hook_failed hook=%s upload_id=%s", hook_name, upload_id)
+    @property
+    def sinks(self) -> dict[str, Sink]:
+        return {name: route.sink for name, route in self.routes.items()}
 
-    async def aclose(self, grace: float) -> None:
-        """Wait up to `grace` seconds for running hooks, then cancel the rest."""
-        if not self._tasks:
-            return
-        _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+    def attach(self, dispatcher: Dispatcher) -> None:
+        self._dispatcher = dispatcher
+
+    def wants(self, kind: EventType) -> bool:
+        return any(kind in route.events for route in self.routes.values()) or kind in self._blocking_events
+
+    def durable(
+        self, kind: EventType, upload: Upload, storage: Mapping[str, str], request: RequestInfo | None
+    ) -> list[Step]:
+        """Outbox inserts for every receiver of `kind` (none if nobody listens)."""
+        assert kind in DURABLE
+        names = [name for name, route in self.routes.items() if kind in route.events]
+        if not names or (kind is EventType.POST_FINISH and upload.is_partial):
+            return []
+        payload = event_payload(kind, upload, storage, _without_secrets(request))
+        return [insert_step(name, payload) for name in names]
+
+    def committed(self) -> None:
+        """Events were committed: deliver them now."""
+        if self._dispatcher is not None:
+            self._dispatcher.poke()
+
+    async def before(
+        self, kind: EventType, upload: Upload, storage: Mapping[str, str], request: RequestInfo | None
+    ) -> HookAnswer:
+        """Run the blocking hook for `kind`, if one listens; raise `HookRejected` if it refuses."""
+        if self._blocking is None or kind not in self._blocking_events:
+            return HookAnswer()
+        answer = await self._blocking.call(kind, event_payload(kind, upload, storage, request))
+        if answer.reject:
+            status = answer.status or (403 if kind is EventType.PRE_ACCESS else 400)
+            message = answer.body or f"refused by the {kind} hook"
+            log.info("hook_rejected type=%s upload_id=%s status=%d", kind, upload.id or "-", status)
+            raise HookRejected(status, message, answer.headers)
+        return answer
+
+    async def aclose(self) -> None:
+        for route in self.routes.values():
+            closer = getattr(route.sink, "aclose", None)
+            if closer is not None:
+                await closer()
+        if self._blocking is not None:
+            await self._blocking.aclose()
+
+
+def _without_secrets(request: RequestInfo | None) -> RequestInfo | None:
+    if request is None:
+        return None
+    kept = {name: values for name, values in request.headers.items() if name.lower() not in _PRIVATE_HEADERS}
+    return RequestInfo(request.method, request.uri, request.remote_addr, kept)
+
+
+def parse_events(text: str) -> frozenset[EventType]:
+    """`pre-create,post-finish` -> the event types; ValueError for an unknown name."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    try:
+        return frozenset(EventType(name) for name in names)
+    except ValueError:
+        known = ", ".join(kind.value for kind in EventType)
+        raise ValueError(f"unknown hook event in {text!r} (known: {known})") from None
+
+
+def finish_routes(
+    on_finish: FinishFunction | None, webhook_url: str | None, timeout: float
+) -> dict[str, Route]:
+    """The `--on-finish` and `--webhook-url` shortcuts, as post-finish receivers on the outbox."""
+    routes: dict[str, Route] = {}
+    if on_finish is not None:
+        routes["on-finish"] = Route(CallableSink(on_finish), frozenset({EventType.POST_FINISH}))
+    if webhook_url:
+        routes["webhook"] = Route(WebhookSink(webhook_url, timeout), frozenset({EventType.POST_FINISH}))
+    return routes
+
+
+__all__: Sequence[str] = ["HookAnswer", "HookRejected", "Hooks", "Route", "load_callable", "parse_events"]

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import json
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from tusserver.statements import Params, Ran, unavailable
+from tusserver.statements import Params, Ran, Step, unavailable
 
 Processor = Callable[[Any], Any]
 _OUTAGES = (
@@ -93,6 +93,25 @@ class AsyncRunner:
                     result = await connection.execute(statement, params)
                     rows = result.all() if result.returns_rows else []
                     return Ran(rows, result.rowcount)
+        except Exception as exc:
+            if is_outage(exc):
+                raise unavailable(exc) from exc
+            raise
+
+    async def run_guarded(self, guard: Step, follow: Sequence[Step]) -> Ran:
+        try:
+            async with asyncio.timeout(self._timeout * 2):
+                async with self._engine.connect() as autocommitted:
+                    connection = await autocommitted.execution_options(isolation_level="READ COMMITTED")
+                    await connection.begin()  # committed when the block ends without an error
+                    result = await connection.execute(*guard)
+                    rows = result.all() if result.returns_rows else []
+                    count = len(rows) if rows else result.rowcount
+                    if count:
+                        for step in follow:
+                            await connection.execute(*step)
+                    await connection.commit()
+                    return Ran(rows, count)
         except Exception as exc:
             if is_outage(exc):
                 raise unavailable(exc) from exc
@@ -169,17 +188,31 @@ class DirectRunner:
         plan = self._plans.get(id(statement))
         if plan is None:
             return await self._fallback.run(statement, params)
-        values = plan.compiled.construct_params(params or {}) or {}
-        arguments = [_bound(plan, name, values[name]) for name in plan.names]
-        timeout = self._timeout
+        return await self._on_connection(lambda connection: self._execute(connection, plan, params or {}))
+
+    async def run_guarded(self, guard: Step, follow: Sequence[Step]) -> Ran:
+        plans = [self._plans.get(id(statement)) for statement, _ in (guard, *follow)]
+        if any(plan is None for plan in plans):
+            return await self._fallback.run_guarded(guard, follow)
+        steps = [(plan, params) for plan, (_, params) in zip(plans, (guard, *follow), strict=True) if plan]
+
+        async def in_transaction(connection: asyncpg.Connection) -> Ran:
+            async with connection.transaction():
+                first = await self._execute(connection, *steps[0])
+                if first.rowcount:
+                    for step in steps[1:]:
+                        await self._execute(connection, *step)
+            return first
+
+        return await self._on_connection(in_transaction)
+
+    async def _on_connection(self, work: Callable[[asyncpg.Connection], Awaitable[Ran]]) -> Ran:
+        """`work` on a pooled connection, every wait bounded by the timeout; outages become 503."""
         try:
             pool = self._pool or await self._open()
-            connection = await pool.acquire(timeout=timeout)  # connecting included
+            connection = await pool.acquire(timeout=self._timeout)  # connecting included
             try:
-                if plan.returns_rows:
-                    records = await connection.fetch(plan.sql, *arguments, timeout=timeout)
-                else:
-                    status = await connection.execute(plan.sql, *arguments, timeout=timeout)
+                return await work(connection)
             except BaseException:
                 # Closed at once: a graceful release would first ask the server to cancel the
                 # statement, over a new connection, which a blackholed network never answers.
@@ -193,9 +226,15 @@ class DirectRunner:
             if self._pool is not None:  # the server may have restarted: every pooled connection is
                 await self._pool.expire_connections()  # suspect, replace them all on next use
             raise unavailable(exc) from exc
+
+    async def _execute(self, connection: asyncpg.Connection, plan: _Plan, params: Params) -> Ran:
+        values = plan.compiled.construct_params(params) or {}
+        arguments = [_bound(plan, name, values[name]) for name in plan.names]
         if plan.returns_rows:
+            records = await connection.fetch(plan.sql, *arguments, timeout=self._timeout)
             rows = [Row({key: _result(plan, key, value) for key, value in r.items()}) for r in records]
             return Ran(rows, len(rows))
+        status = await connection.execute(plan.sql, *arguments, timeout=self._timeout)
         return Ran([], int(status.rsplit(" ", 1)[-1]))
 
     async def _open(self) -> asyncpg.Pool:

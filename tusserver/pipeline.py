@@ -45,6 +45,8 @@ from tusserver.errors import (
     TusError,
     UploadGone,
 )
+from tusserver.events import EventType, RequestInfo
+from tusserver.hooks import Hooks
 from tusserver.locking import Lease, LeaseState, UploadLocks
 from tusserver.policy import Policy, is_expired
 from tusserver.protocol import UPLOAD_OFFSET, Checksum, parse_checksum
@@ -52,7 +54,6 @@ from tusserver.records import UploadRecords
 
 log = logging.getLogger(__name__)
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Finished = Callable[[Upload], None]
 
 
 class BodyReader:
@@ -118,6 +119,8 @@ class Body:
     content_length: int | None
     checksum: str | None = None
     """The raw `Upload-Checksum` header; parsed only once the other checks passed (K-10)."""
+    request: RequestInfo | None = None
+    """The request it came with, for the hook events it causes."""
 
 
 @dataclass(frozen=True)
@@ -137,14 +140,14 @@ class WritePipeline:
         storage: Storage,
         locks: UploadLocks,
         policy: Policy,
-        finished: Finished,
+        hooks: Hooks,
         network_timeout: float = 60.0,
     ) -> None:
         self.records = records
         self.storage = storage
         self.locks = locks
         self.policy = policy
-        self.finished = finished
+        self.hooks = hooks
         self.network_timeout = network_timeout
 
     async def append(self, upload_id: str, offset: int, body: Body, declared_length: int | None) -> Upload:
@@ -184,7 +187,7 @@ class WritePipeline:
         first byte may have been stored (the outcome carries it), so creation can still answer 201."""
         checksum = parse_checksum(body.checksum)
         hasher = checksum.hasher() if checksum else None
-        run = _Run(self, lease, upload, body.reader, hasher)
+        run = _Run(self, lease, upload, body.reader, hasher, body.request)
         lease.watch(body.reader.poke, run.tick)
         try:
             await run.stream()
@@ -209,17 +212,27 @@ class WritePipeline:
         return Outcome(upload, problem or _stop_problem(stopped, upload, run))
 
     async def _commit(self, run: _Run, result: WriteResult) -> Upload | None:
-        """The compare-and-set that makes the stored bytes count, then `finish` if it completed."""
+        """The compare-and-set that makes the stored bytes count (with the post-finish events if it
+        completes the upload, in the same transaction), then `finish`."""
         before = run.upload
         upload = self.policy.advanced(before, result.written - run.checkpointed, utcnow())
         upload = replace(upload, storage={**before.storage, **result.storage})
-        committed = await self.records.commit(upload, run.lease.owner, before.offset, release=True)
+        completing = upload.completed_at is not None and before.completed_at is None
+        events = (
+            self.hooks.durable(EventType.POST_FINISH, upload, self.storage.describe(upload), run.request)
+            if completing
+            else ()
+        )
+        committed = await self.records.commit(
+            upload, run.lease.owner, before.offset, release=True, events=events
+        )
         if committed is None:
             return None
         run.lease.move(LeaseState.RELEASED)
-        if committed.completed_at is not None and before.completed_at is None:
+        if completing:
             await self.storage.finish(committed)  # only the request that completed it gets here: once
-            self.finished(committed)
+            log.info("upload_finished upload_id=%s length=%s", committed.id, committed.length)
+            self.hooks.committed()
         return committed
 
     def _declare_length(self, upload: Upload, length: int) -> Upload:
@@ -240,9 +253,16 @@ class _Run:
     """The state of one body on its way in: the loop, its budget and its checkpoints."""
 
     def __init__(
-        self, pipeline: WritePipeline, lease: Lease, upload: Upload, reader: BodyReader, hasher: Hasher | None
+        self,
+        pipeline: WritePipeline,
+        lease: Lease,
+        upload: Upload,
+        reader: BodyReader,
+        hasher: Hasher | None,
+        request: RequestInfo | None,
     ) -> None:
         self.pipeline = pipeline
+        self.request = request
         self.lease = lease
         self.upload = upload
         self.reader = reader

@@ -11,6 +11,7 @@ import base64
 import binascii
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import format_datetime
@@ -155,6 +156,15 @@ def _decode_base64(key: str, encoded: str) -> bytes:
 def metadata_text(value: str | None) -> dict[str, str]:
     """Decoded metadata as text, for hooks and logs; undecodable bytes are replaced."""
     return {key: raw.decode("utf-8", "replace") for key, raw in decode_metadata(value).items()}
+
+
+def encode_metadata(values: Mapping[str, str]) -> str | None:
+    """Text metadata (what a hook may set) as an `Upload-Metadata` header; None for none."""
+    pairs = [
+        f"{key} {base64.b64encode(value.encode()).decode()}" if value else key
+        for key, value in values.items()
+    ]
+    return ",".join(pairs) or None
 
 
 def format_http_date(moment: datetime) -> str:

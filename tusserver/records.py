@@ -21,9 +21,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tusserver.core import Upload
 from tusserver.errors import UploadNotFound
+from tusserver.outbox import PREPARED as OUTBOX_STATEMENTS
 from tusserver.pg_direct import DirectRunner
 from tusserver.schema import db_deadline, db_now, upload_table
-from tusserver.statements import SqliteRunner, StatementRunner
+from tusserver.statements import SqliteRunner, StatementRunner, Step
 
 log = logging.getLogger(__name__)
 _t = upload_table.c
@@ -98,7 +99,7 @@ _CREATED_BEFORE = (
 _DELETE = sa.delete(upload_table).where(_OWNED)
 _PREPARED = (
     _GET, _EXISTS, _ACQUIRE, _ASK_RELEASE, _RELEASE, _COMMIT_RELEASE, _COMMIT_KEEP,
-    _INSERT, _INSERT_LEASED, _FORGET, _DELETE,
+    _INSERT, _INSERT_LEASED, _FORGET, _DELETE, *OUTBOX_STATEMENTS,
 )  # fmt: skip
 """The statements of every request, run without SQLAlchemy's async layer on PostgreSQL (pg_direct)."""
 
@@ -133,15 +134,29 @@ class UploadRecords:
     async def _count(self, statement: sa.Executable, **params: Any) -> int:
         return (await self._runner.run(statement, params)).rowcount
 
-    async def add(self, upload: Upload, lock_owner: str | None = None, ttl: float = 0.0) -> None:
-        """Insert a new upload, optionally already leased to `lock_owner` for `ttl` seconds."""
+    @property
+    def runner(self) -> StatementRunner:
+        """The statement runner, shared with the hook outbox (`outbox.py`)."""
+        return self._runner
+
+    async def _run(self, statement: sa.Executable, params: dict[str, Any], events: Sequence[Step]) -> int:
+        """One statement, with the hook events it causes in its transaction when there are any."""
+        if events:
+            return (await self._runner.run_guarded((statement, params), events)).rowcount
+        return (await self._runner.run(statement, params)).rowcount
+
+    async def add(
+        self, upload: Upload, lock_owner: str | None = None, ttl: float = 0.0, events: Sequence[Step] = ()
+    ) -> None:
+        """Insert a new upload, optionally already leased to `lock_owner` for `ttl` seconds, with the
+        outbox rows of `events` in the same transaction."""
         row: dict[str, Any] = asdict(upload)
         row.update(storage=dict(upload.storage), lock_owner=lock_owner, release_requested=False)
         params = {f"set_{name}": value for name, value in row.items()}
         if lock_owner is None:
-            await self._runner.run(_INSERT, {**params, "set_lock_expires_at": None})
+            await self._run(_INSERT, {**params, "set_lock_expires_at": None}, events)
         else:
-            await self._runner.run(_INSERT_LEASED, {**params, "ttl": ttl})
+            await self._run(_INSERT_LEASED, {**params, "ttl": ttl}, events)
 
     async def get(self, upload_id: str) -> Upload:
         return (await self.get_with_lock(upload_id))[0]
@@ -186,25 +201,33 @@ class UploadRecords:
         await self._count(_RELEASE, upload_id=upload_id, owner=owner)
 
     async def commit(
-        self, upload: Upload, owner: str, old_offset: int, *, release: bool, ttl: float = 0.0
+        self,
+        upload: Upload,
+        owner: str,
+        old_offset: int,
+        *,
+        release: bool,
+        ttl: float = 0.0,
+        events: Sequence[Step] = (),
     ) -> Upload | None:
         """Compare-and-set: store `upload`'s offset, length, timestamps and storage state if the row
         is still at `old_offset` and leased to `owner`; then release the lease, or extend it by `ttl`
-        (a checkpoint doubles as a renewal). Returns `upload` as stored (every column it changes is
-        set from it, so no row needs to come back), or None if that no longer holds."""
-        changed = await self._count(
-            _COMMIT_RELEASE if release else _COMMIT_KEEP,
-            upload_id=upload.id,
-            owner=owner,
-            old_offset=old_offset,
-            ttl=ttl,
-            set_offset=upload.offset,
-            set_length=upload.length,
-            set_updated_at=upload.updated_at,
-            set_expires_at=upload.expires_at,
-            set_completed_at=upload.completed_at,
-            set_storage=dict(upload.storage),
-        )
+        (a checkpoint doubles as a renewal). `events` (outbox rows) commit with it or not at all.
+        Returns `upload` as stored (every column it changes is set from it, so no row needs to come
+        back), or None if that no longer holds."""
+        params = {
+            "upload_id": upload.id,
+            "owner": owner,
+            "old_offset": old_offset,
+            "ttl": ttl,
+            "set_offset": upload.offset,
+            "set_length": upload.length,
+            "set_updated_at": upload.updated_at,
+            "set_expires_at": upload.expires_at,
+            "set_completed_at": upload.completed_at,
+            "set_storage": dict(upload.storage),
+        }
+        changed = await self._run(_COMMIT_RELEASE if release else _COMMIT_KEEP, params, events)
         return upload if changed else None
 
     async def forget(self, upload_id: str) -> None:
@@ -228,6 +251,7 @@ class UploadRecords:
         rows = await self._rows(_CREATED_BEFORE, cutoff=cutoff, after=after, limit=limit)
         return [row.id for row in rows]
 
-    async def delete(self, upload_id: str, owner: str) -> bool:
-        """Delete the row if `owner` holds its lease; False if it did not."""
-        return await self._count(_DELETE, upload_id=upload_id, owner=owner) > 0
+    async def delete(self, upload_id: str, owner: str, events: Sequence[Step] = ()) -> bool:
+        """Delete the row if `owner` holds its lease (with the outbox rows of `events`); False if it
+        did not."""
+        return await self._run(_DELETE, {"upload_id": upload_id, "owner": owner}, events) > 0

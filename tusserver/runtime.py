@@ -1,6 +1,6 @@
 """Assembling a running server's parts from `Settings`: engine (migrated), records, storage, locks and
-their keeper task, hooks, the upload service and the sweeper; and tearing them down. Used by
-the ASGI lifespan and by the command line (`tusserver cleanup`). Knows nothing of HTTP.
+their keeper task, hooks and their dispatcher, the upload service and the sweeper; and tearing them
+down. Used by the ASGI lifespan and by the command line (`tusserver cleanup`). Knows nothing of HTTP.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -16,14 +16,16 @@ from datetime import timedelta
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tusserver.config import Settings
-from tusserver.core import Hook
 from tusserver.database import make_engine, migrate
-from tusserver.hooks import CallableHook, HookRunner, WebhookHook, load_callable
+from tusserver.events import BLOCKING, DURABLE
+from tusserver.hooks import Hooks, Route, finish_routes, load_callable, parse_events
 from tusserver.locking import UploadLocks, instance_name
+from tusserver.outbox import Dispatcher, Outbox
 from tusserver.policy import Policy
 from tusserver.records import UploadRecords
 from tusserver.storage import LocalStorage
 from tusserver.sweeper import Sweeper
+from tusserver.tusd_hooks import TusdHttpHooks
 from tusserver.uploads import UploadService
 
 
@@ -34,14 +36,19 @@ class Runtime:
     sweeper: Sweeper
 
 
-def build_hooks(settings: Settings) -> list[Hook]:
-    """The configured hooks; raises ValueError at start-up for a callable that cannot be loaded."""
-    hooks: list[Hook] = []
-    if settings.on_finish:
-        hooks.append(CallableHook(load_callable(settings.on_finish)))
-    if settings.webhook_url:
-        hooks.append(WebhookHook(settings.webhook_url, settings.hook_timeout))
-    return hooks
+def build_hooks(settings: Settings) -> Hooks:
+    """The configured hooks; raises ValueError at start-up for a callable that cannot be loaded or
+    an unknown event name."""
+    on_finish = load_callable(settings.on_finish) if settings.on_finish else None
+    routes = finish_routes(on_finish, settings.webhook_url, settings.hook_timeout)
+    if not settings.hooks_http:
+        return Hooks(routes)
+    events = parse_events(settings.hooks_enabled_events)
+    forward = [name.strip() for name in settings.hooks_http_forward_headers.split(",") if name.strip()]
+    tusd = TusdHttpHooks(settings.hooks_http, settings.hook_timeout, settings.hooks_secret, forward)
+    if events & DURABLE:
+        routes["hooks-http"] = Route(tusd, events & DURABLE)
+    return Hooks(routes, tusd, events & BLOCKING)
 
 
 def policy_of(settings: Settings) -> Policy:
@@ -59,13 +66,16 @@ def policy_of(settings: Settings) -> Policy:
 
 
 @asynccontextmanager
-async def running(settings: Settings, hooks: Sequence[Hook] = ()) -> AsyncIterator[Runtime]:
-    """Everything a server needs, with the lease keeper running; torn down in reverse on exit."""
+async def running(settings: Settings, hooks: Hooks | None = None) -> AsyncIterator[Runtime]:
+    """Everything a server needs, with the lease keeper and the hook dispatcher running; torn down
+    in reverse on exit."""
     engine = make_engine(settings.resolved_database_url, settings.fsync, settings.database_timeout)
-    runner = HookRunner(hooks)
+    hooks = hooks if hooks is not None else Hooks()
     storage: LocalStorage | None = None
     records: UploadRecords | None = None
     keeper: asyncio.Task[None] | None = None
+    dispatcher: Dispatcher | None = None
+    dispatching: asyncio.Task[None] | None = None
     try:
         await migrate(engine)
         records = UploadRecords(
@@ -74,16 +84,28 @@ async def running(settings: Settings, hooks: Sequence[Hook] = ()) -> AsyncIterat
         locks = UploadLocks(records, instance_name(), settings.lock_ttl, settings.lock_timeout)
         _write_errors_instead_of_signals()
         storage = LocalStorage(settings.uploads_dir, settings.fsync, settings.min_free_space)
-        service = UploadService(
-            records, storage, locks, runner, policy_of(settings), settings.network_timeout
-        )
+        service = UploadService(records, storage, locks, hooks, policy_of(settings), settings.network_timeout)
         keeper = asyncio.create_task(locks.keep())
+        if hooks.routes:
+            dispatcher = Dispatcher(
+                Outbox(records.runner),
+                hooks.sinks,
+                locks.new_owner(),
+                settings.hook_timeout,
+                timedelta(seconds=settings.hooks_max_age),
+                settings.hooks_backoff_max,
+            )
+            hooks.attach(dispatcher)
+            dispatching = asyncio.create_task(dispatcher.run())
         yield Runtime(engine, service, Sweeper(records, storage, locks, settings.orphan_grace))
     finally:
-        if keeper is not None:
-            keeper.cancel()
-            await asyncio.gather(keeper, return_exceptions=True)
-        await runner.aclose(settings.hook_timeout)
+        if dispatcher is not None:
+            await dispatcher.aclose(settings.hook_timeout)  # what is left is delivered on next start
+        for task in (dispatching, keeper):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        await hooks.aclose()
         if storage is not None:
             storage.close()
         if records is not None:

@@ -1,4 +1,4 @@
-"""The SQL schema of upload state, as SQLAlchemy Core objects.
+"""The SQL schema of upload state and of the hook outbox, as SQLAlchemy Core objects.
 
 Also the database clock (`db_now`, `db_deadline`), which leases are measured by. This describes the
 tables for queries; the database itself is only ever built by the Alembic revisions
@@ -60,6 +60,26 @@ upload_table = sa.Table(
     sa.Column("lock_owner", sa.String(128), nullable=True),
     sa.Column("lock_expires_at", UTCDateTime, nullable=True),
     sa.Column("release_requested", sa.Boolean, nullable=False),
+)
+
+
+hook_event_table = sa.Table(
+    "hook_event",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),  # stable: receivers drop repeats by it
+    sa.Column("sink", sa.String(32), nullable=False),  # the receiver: one row per event and receiver
+    sa.Column("type", sa.String(32), nullable=False),
+    sa.Column("upload_id", sa.String(64), nullable=False, index=True),
+    sa.Column("payload", sa.JSON, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # pending, delivered, dead (past --hooks-max-age)
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("due_at", UTCDateTime, nullable=False),
+    sa.Column("claimed_by", sa.String(128), nullable=True),
+    sa.Column("claimed_until", UTCDateTime, nullable=True),
+    sa.Column("finished_at", UTCDateTime, nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Index("ix_hook_event_state_due_at", "state", "due_at"),
 )
 
 

@@ -59,10 +59,16 @@ class Ran:
 
 
 Params = dict[str, Any]
+Step = tuple[sa.Executable, Params]
 
 
 class StatementRunner(Protocol):
     async def run(self, statement: sa.Executable, params: Params | None = None) -> Ran: ...
+
+    async def run_guarded(self, guard: Step, follow: Sequence[Step]) -> Ran:
+        """`guard`, then, only if it changed or returned a row, `follow`, all in one transaction:
+        a state change and the hook events it causes commit together or not at all."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -101,15 +107,22 @@ class SqliteRunner:
         self._checkpointer: asyncio.Task[None] | None = None
 
     async def run(self, statement: sa.Executable, params: Params | None = None) -> Ran:
+        return await self._patiently((statement, params or {}), ())
+
+    async def run_guarded(self, guard: Step, follow: Sequence[Step]) -> Ran:
+        return await self._patiently(guard, follow)
+
+    async def _patiently(self, guard: Step, follow: Sequence[Step]) -> Ran:
+        """Run now, retrying while another process holds the database lock, up to BUSY_PATIENCE."""
         self._start_checkpoints()
         deadline = time.monotonic() + BUSY_PATIENCE
         delay = 0.001
         while True:
             try:
                 if self._thread is None:
-                    return self._run_now(statement, params)
+                    return self._run_now(guard, follow)
                 loop = asyncio.get_running_loop()
-                return await loop.run_in_executor(self._thread, self._run_now, statement, params)
+                return await loop.run_in_executor(self._thread, self._run_now, guard, follow)
             except sa.exc.DBAPIError as exc:
                 code = _sqlite_code(exc)
                 if code == _SQLITE_FULL:
@@ -124,14 +137,17 @@ class SqliteRunner:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.05)
 
-    def _run_now(self, statement: sa.Executable, params: Params | None) -> Ran:
+    def _run_now(self, guard: Step, follow: Sequence[Step]) -> Ran:
         if self._connection is None:
             self._connection = self._engine.connect()
         connection = self._connection
         try:
-            result = connection.execute(statement, params)
+            result = connection.execute(*guard)
             rows = result.all() if result.returns_rows else []
             count = len(rows) if rows else result.rowcount
+            if count:
+                for step in follow:
+                    connection.execute(*step)
             connection.commit()
         except BaseException:
             connection.rollback()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 
-from tusserver.core import FinishEvent, Storage, Upload, is_upload_id, new_upload_id, utcnow
+from tusserver.core import Storage, Upload, is_upload_id, new_upload_id, utcnow
 from tusserver.errors import (
     BadRequest,
     Forbidden,
@@ -21,12 +21,14 @@ from tusserver.errors import (
     UploadLocked,
     UploadNotFound,
 )
-from tusserver.hooks import HookRunner
+from tusserver.events import EventType, RequestInfo
+from tusserver.hooks import HookAnswer, Hooks
 from tusserver.locking import LeaseState, UploadLocks
 from tusserver.pipeline import Body, WritePipeline
 from tusserver.policy import Policy, is_expired
-from tusserver.protocol import Concat, metadata_text
+from tusserver.protocol import Concat, encode_metadata
 from tusserver.records import UploadRecords
+from tusserver.statements import Step
 
 log = logging.getLogger(__name__)
 _REFUSED_BODY = frozenset({400, 413, 460})
@@ -49,7 +51,7 @@ class UploadService:
         records: UploadRecords,
         storage: Storage,
         locks: UploadLocks,
-        hooks: HookRunner,
+        hooks: Hooks,
         policy: Policy,
         network_timeout: float = 60.0,
     ) -> None:
@@ -58,7 +60,7 @@ class UploadService:
         self.locks = locks
         self.hooks = hooks
         self.policy = policy
-        self.pipeline = WritePipeline(records, storage, locks, policy, self._finished, network_timeout)
+        self.pipeline = WritePipeline(records, storage, locks, policy, hooks, network_timeout)
 
     async def get(self, upload_id: str) -> Upload:
         """The upload as committed; 404 if unknown, 410 if expired (E-7, even before cleanup ran)."""
@@ -69,14 +71,14 @@ class UploadService:
         includes what it received (a client resuming after a dropped connection, L-2, I-16)."""
         return _alive(await self.locks.wait_until_free(upload_id))
 
-    async def create(self, request: NewUpload, body: Body | None) -> Upload:
+    async def create(self, request: NewUpload, body: Body | None, http: RequestInfo | None = None) -> Upload:
         """Create an upload; with a body, append it at offset 0 (creation-with-upload). Once the row
         exists the answer is 201 with the offset reached, whatever happened to the body, so the
         client always has a `Location` to resume at (no orphan it cannot name)."""
         if request.concat is not None and request.concat.is_final:
             if body is not None:
                 raise Forbidden("a final upload cannot carry a body")
-            return await self._create_final(request)
+            return await self._create_final(request, http)
         if request.concat is not None and "concatenation" not in self.storage.capabilities:
             raise BadRequest("this storage does not support the concatenation extension")
         await self._check_size(request.length)
@@ -91,11 +93,16 @@ class UploadService:
             updated_at=now,
         )
         upload = replace(upload, expires_at=self.policy.expires_at(upload, now))
+        if body is not None:
+            self.pipeline.check(upload, body)
+        upload = _changed(
+            upload, await self.hooks.before(EventType.PRE_CREATE, replace(upload, id=""), {}, http)
+        )
         if body is None:
-            return await self._add_empty(upload)
-        self.pipeline.check(upload, body)
+            return await self._add_empty(upload, http)
         lease = self.locks.new_lease(upload)
-        await self.records.add(upload, lease.owner, self.locks.ttl)
+        await self.records.add(upload, lease.owner, self.locks.ttl, self._created(upload, http))
+        self.hooks.committed()
         log.info("upload_created upload_id=%s length=%s", upload.id, upload.length)
         async with self.locks.kept(lease):
             await self._create_storage(upload)
@@ -120,18 +127,33 @@ class UploadService:
             await self._forget(upload)
             raise
 
-    async def _add_empty(self, upload: Upload) -> Upload:
+    async def _pre_create(self, upload: Upload, http: RequestInfo | None) -> Upload:
+        """The pre-create hook sees the upload without an ID yet (as in tusd) and may refuse it, or
+        change its ID and metadata."""
+        return _changed(
+            upload, await self.hooks.before(EventType.PRE_CREATE, replace(upload, id=""), {}, http)
+        )
+
+    def _created(self, upload: Upload, http: RequestInfo | None) -> list[Step]:
+        """Outbox rows of a new upload: post-create, and post-finish if it is complete at birth."""
+        events = self.hooks.durable(EventType.POST_CREATE, upload, self.storage.describe(upload), http)
+        if upload.completed_at is not None:
+            events += self.hooks.durable(EventType.POST_FINISH, upload, self.storage.describe(upload), http)
+        return events
+
+    async def _add_empty(self, upload: Upload, http: RequestInfo | None) -> Upload:
         if upload.length == 0:  # nothing to wait for: complete at birth (CR-6)
             upload = self.policy.advanced(upload, 0, upload.created_at)
-        await self.records.add(upload)
+        await self.records.add(upload, events=self._created(upload, http))
         await self._create_storage(upload)
         log.info("upload_created upload_id=%s length=%s", upload.id, upload.length)
         if upload.completed_at is not None:
             await self.storage.finish(upload)
-            self._finished(upload)
+            log.info("upload_finished upload_id=%s length=%s", upload.id, upload.length)
+        self.hooks.committed()
         return upload
 
-    async def _create_final(self, request: NewUpload) -> Upload:
+    async def _create_final(self, request: NewUpload, http: RequestInfo | None) -> Upload:
         """concatenation: assemble finished partials, in order, into a new finished upload (§10)."""
         assert request.concat is not None
         if "concatenation" not in self.storage.capabilities:
@@ -156,10 +178,13 @@ class UploadService:
             completed_at=now,
         )
         upload = replace(upload, expires_at=self.policy.expires_at(upload, now))
+        upload = _changed(
+            upload, await self.hooks.before(EventType.PRE_CREATE, replace(upload, id=""), {}, http)
+        )
         await self.storage.concatenate(upload, parts)  # the row comes last: nothing half-assembled counts
-        await self.records.add(upload)
+        await self.records.add(upload, events=self._created(upload, http))
         log.info("upload_concatenated upload_id=%s parts=%d length=%d", upload.id, len(parts), length)
-        self._finished(upload)
+        self.hooks.committed()
         if not self.policy.keep_partials:
             for part_id in dict.fromkeys(part.id for part in parts):  # each once, in order
                 await self._remove_partial(part_id)
@@ -186,15 +211,20 @@ class UploadService:
             raise BadRequest(f"partial upload {upload_id} is not finished")
         return part
 
-    async def terminate(self, upload_id: str) -> None:
-        """DELETE: remove the upload's bytes, then its row (row last: a crash in between leaves a row
-        without bytes, which the sweeper reaps, never bytes nobody can name)."""
+    async def terminate(self, upload_id: str, http: RequestInfo | None = None) -> None:
+        """DELETE: remove the upload's bytes, then its row with the post-terminate events (row last:
+        a crash in between leaves a row without bytes, which the sweeper reaps, never bytes nobody
+        can name)."""
         async with self.locks.hold(upload_id) as lease:
-            _alive(lease.upload)
-            await self.storage.delete(lease.upload)
-            if not await self.records.delete(upload_id, lease.owner):
+            upload = _alive(lease.upload)
+            where = self.storage.describe(upload)
+            await self.hooks.before(EventType.PRE_TERMINATE, upload, where, http)
+            await self.storage.delete(upload)
+            events = self.hooks.durable(EventType.POST_TERMINATE, upload, where, http)
+            if not await self.records.delete(upload_id, lease.owner, events):
                 raise UploadLocked("upload was taken over by another request, retry")
             lease.move(LeaseState.RELEASED)
+        self.hooks.committed()
         log.info("upload_terminated upload_id=%s", upload_id)
 
     async def _check_size(self, length: int | None) -> None:
@@ -207,16 +237,17 @@ class UploadService:
             if room is not None and length > room:
                 raise StorageFull(f"Upload-Length {length} does not fit in the {room} bytes of storage left")
 
-    def _finished(self, upload: Upload) -> None:
-        log.info("upload_finished upload_id=%s length=%s", upload.id, upload.length)
-        if upload.is_partial:
-            return  # a piece of a future final upload, not a file anyone asked for
-        event = FinishEvent(
-            upload=upload,
-            metadata=metadata_text(upload.metadata),
-            storage=self.storage.describe(upload),
-        )
-        self.hooks.finished(event)
+
+def _changed(upload: Upload, answer: HookAnswer) -> Upload:
+    """The new upload with what a pre-create hook changed (`ChangeFileInfo`: ID, metadata)."""
+    if answer.new_id is not None:
+        if not is_upload_id(answer.new_id):
+            log.warning("hook_change_refused new_id=%r (IDs are 32 lowercase hex digits)", answer.new_id)
+        else:
+            upload = replace(upload, id=answer.new_id)
+    if answer.new_metadata is not None:
+        upload = replace(upload, metadata=encode_metadata(answer.new_metadata))
+    return upload
 
 
 def _alive(upload: Upload) -> Upload:

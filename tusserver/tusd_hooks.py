@@ -1,0 +1,115 @@
+"""`--hooks-http URL`: tusd v2's HTTP hook protocol, so that a hook receiver written for tusd works.
+
+Each hook is a POST of `{"Type": "post-finish", "Event": {"Upload": {...}, "HTTPRequest": {...}}}`
+(see `events.py`). For a blocking hook the receiver answers `200` with a JSON object that may hold
+`RejectUpload` (pre-create), `RejectTermination` (pre-terminate), `RejectAccess` (pre-access, our
+addition), `HTTPResponse` (`StatusCode`, `Body`, `Header`: the answer to the client when rejecting)
+and `ChangeFileInfo` (`ID`, `MetaData`: pre-create); an empty answer accepts. A receiver that cannot
+be reached or answers anything but 2xx fails the hook: a blocking hook then answers the client `503`
++ `Retry-After`, a durable one is retried.
+
+Every request carries `Tusserver-Event-Id` (the same on every retry of an event) and, with
+`--hooks-secret`, `Tusserver-Signature: t=<unix time>,v1=<hex HMAC-SHA256 of "<t>.<body>">` so that a
+receiver can check it came from this server. `--hooks-http-forward-headers` names request headers
+copied onto the hook request (tusd's flag of the same name).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import httpx
+
+from tusserver.errors import ServiceUnavailable
+from tusserver.events import EventType, tusd_body
+from tusserver.hooks import HookAnswer
+from tusserver.statements import RETRY_AFTER_SECONDS
+
+log = logging.getLogger(__name__)
+EVENT_ID_HEADER = "Tusserver-Event-Id"
+SIGNATURE_HEADER = "Tusserver-Signature"
+
+
+class HookFailed(Exception):
+    """The receiver could not be reached or did not answer 2xx."""
+
+
+def signature(secret: str, timestamp: str, body: bytes) -> str:
+    """The `v1` value of the signature header: HMAC-SHA256 over `<timestamp>.<body>`, hex."""
+    return hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+class TusdHttpHooks:
+    def __init__(
+        self, url: str, timeout: float, secret: str | None = None, forward_headers: Sequence[str] = ()
+    ) -> None:
+        self._url = url
+        self._secret = secret
+        self._forward = [name.lower() for name in forward_headers]
+        self._client = httpx.AsyncClient(timeout=timeout)
+
+    async def deliver(self, payload: Mapping[str, Any]) -> None:
+        """A durable (post-) hook: any 2xx is success; its answer is not used (as in tusd)."""
+        await self._post(payload)
+
+    async def call(self, kind: EventType, payload: Mapping[str, Any]) -> HookAnswer:
+        try:
+            response = await self._post(payload)
+        except HookFailed as exc:
+            log.warning("hook_unavailable type=%s error=%s", kind, exc)
+            raise ServiceUnavailable(
+                f"the {kind} hook is unavailable, retry later", {"Retry-After": RETRY_AFTER_SECONDS}
+            ) from None
+        return _answer(kind, response)
+
+    async def _post(self, payload: Mapping[str, Any]) -> httpx.Response:
+        body = json.dumps(tusd_body(payload)).encode()
+        headers = {"Content-Type": "application/json", EVENT_ID_HEADER: str(payload["EventID"])}
+        request_headers = {name.lower(): values for name, values in payload["HTTPRequest"]["Header"].items()}
+        for name in self._forward:
+            if request_headers.get(name):
+                headers[name] = ", ".join(request_headers[name])
+        if self._secret:
+            timestamp = str(int(time.time()))
+            headers[SIGNATURE_HEADER] = f"t={timestamp},v1={signature(self._secret, timestamp, body)}"
+        try:
+            response = await self._client.post(self._url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise HookFailed(f"{type(exc).__name__}: {exc}") from exc
+        if not response.is_success:
+            raise HookFailed(f"the hook receiver answered {response.status_code}")
+        return response
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def _answer(kind: EventType, response: httpx.Response) -> HookAnswer:
+    try:
+        data = response.json() if response.content.strip() else {}
+    except ValueError:
+        data = {}
+    if not isinstance(data, dict):
+        data = {}
+    http = data.get("HTTPResponse") or {}
+    change = data.get("ChangeFileInfo") or {}
+    reject_flag = {
+        EventType.PRE_CREATE: "RejectUpload",
+        EventType.PRE_TERMINATE: "RejectTermination",
+        EventType.PRE_ACCESS: "RejectAccess",
+    }.get(kind)
+    status = http.get("StatusCode")
+    return HookAnswer(
+        reject=bool(reject_flag and data.get(reject_flag)),
+        status=int(status) if isinstance(status, int) and 200 <= status <= 599 else None,
+        body=str(http.get("Body") or ""),
+        headers={str(k): str(v) for k, v in (http.get("Header") or {}).items()},
+        new_id=change.get("ID") or None,
+        new_metadata=change.get("MetaData"),
+    )
