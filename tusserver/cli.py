@@ -134,6 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per hook call: hook_* lines say it
     if args.command == "serve":
         return serve(settings)
     try:

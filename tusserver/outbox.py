@@ -184,7 +184,7 @@ class Dispatcher:
     async def run(self) -> None:
         while not self._closing:
             try:
-                claimed = await self._outbox.claim(self._me, self._timeout + 10, list(self._sinks))
+                claimed = await self._outbox.claim(self._me, self._timeout + 2, list(self._sinks))
             except ServiceUnavailable:
                 claimed = []
             except Exception:

@@ -91,25 +91,33 @@ class TusdHttpHooks:
 
 
 def _answer(kind: EventType, response: httpx.Response) -> HookAnswer:
+    """The receiver's JSON, read as tusd (Go) reads it: field names in any case; `Header` or, as in
+    tusd's own example receiver, `Headers`."""
     try:
         data = response.json() if response.content.strip() else {}
     except ValueError:
         data = {}
-    if not isinstance(data, dict):
-        data = {}
-    http = data.get("HTTPResponse") or {}
-    change = data.get("ChangeFileInfo") or {}
+    answer = _fields(data)
+    http = _fields(answer.get("httpresponse"))
+    change = _fields(answer.get("changefileinfo"))
     reject_flag = {
-        EventType.PRE_CREATE: "RejectUpload",
-        EventType.PRE_TERMINATE: "RejectTermination",
-        EventType.PRE_ACCESS: "RejectAccess",
+        EventType.PRE_CREATE: "rejectupload",
+        EventType.PRE_TERMINATE: "rejecttermination",
+        EventType.PRE_ACCESS: "rejectaccess",
     }.get(kind)
-    status = http.get("StatusCode")
+    status = http.get("statuscode")
+    headers = _fields(http.get("header") or http.get("headers"))
+    metadata = change.get("metadata")
     return HookAnswer(
-        reject=bool(reject_flag and data.get(reject_flag)),
-        status=int(status) if isinstance(status, int) and 200 <= status <= 599 else None,
-        body=str(http.get("Body") or ""),
-        headers={str(k): str(v) for k, v in (http.get("Header") or {}).items()},
-        new_id=change.get("ID") or None,
-        new_metadata=change.get("MetaData"),
+        reject=bool(reject_flag and answer.get(reject_flag)),
+        status=status if isinstance(status, int) and 200 <= status <= 599 else None,
+        body=str(http.get("body") or ""),
+        headers={str(name): str(value) for name, value in headers.items()},
+        new_id=str(change["id"]) if change.get("id") else None,
+        new_metadata={str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else None,
     )
+
+
+def _fields(value: object) -> dict[str, Any]:
+    """A JSON object with its keys lowercased (anything else: empty)."""
+    return {str(key).lower(): item for key, item in value.items()} if isinstance(value, dict) else {}

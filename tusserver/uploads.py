@@ -218,7 +218,8 @@ class UploadService:
         async with self.locks.hold(upload_id) as lease:
             upload = _alive(lease.upload)
             where = self.storage.describe(upload)
-            await self.hooks.before(EventType.PRE_TERMINATE, upload, where, http)
+            if http is not None:  # a client's DELETE (not the removal of an assembled partial)
+                await self.hooks.before(EventType.PRE_TERMINATE, upload, where, http)
             await self.storage.delete(upload)
             events = self.hooks.durable(EventType.POST_TERMINATE, upload, where, http)
             if not await self.records.delete(upload_id, lease.owner, events):

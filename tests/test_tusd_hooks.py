@@ -1,0 +1,241 @@
+"""tusd v2 HTTP hooks against real server processes (issue 9): a receiver written for tusd works
+unchanged, pre-create and pre-access answer for the server, requests are signed, and post-hooks
+arrive at least once (exactly once when nothing crashes) through a receiver outage, a kill -9 and
+three instances sharing PostgreSQL."""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import new_postgres_database
+from tests.hook_receiver import HookReceiver
+from tests.servers import ServerProcess
+from tusserver.tusd_hooks import signature
+
+TUS = {"Tus-Resumable": "1.0.0"}
+OCTETS = {**TUS, "Content-Type": "application/offset+octet-stream"}
+SECRET = "hook-secret"
+ALL_EVENTS = "pre-access,pre-create,post-create,post-finish,pre-terminate,post-terminate"
+POST_FINISH_ONLY = ["--hooks-enabled-events", "post-finish"]
+"""For tests where the receiver fails or hangs on purpose: no blocking hook then stops the uploads."""
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _hooked(tmp_path: Path, database_url: str, receiver: HookReceiver, *extra: str) -> ServerProcess:
+    flags = [
+        "--hooks-http", receiver.url, "--hooks-enabled-events", ALL_EVENTS, "--hooks-secret", SECRET,
+        "--hook-timeout", "2", "--hooks-backoff-max", "1", *extra,
+    ]  # fmt: skip
+    return ServerProcess(tmp_path / "data", database_url, extra_args=flags)
+
+
+def _wait_until(condition: Any, within: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} not met within {within} s"
+        time.sleep(0.05)
+
+
+def _finished_upload(server: ServerProcess, data: bytes, **headers: str) -> str:
+    created = httpx.post(server.url, headers={**TUS, "Upload-Length": str(len(data)), **headers})
+    assert created.status_code == 201, created.text
+    url = created.headers["Location"]
+    done = httpx.patch(url, content=data, headers={**OCTETS, "Upload-Offset": "0", **headers})
+    assert done.status_code == 204, done.text
+    return str(url)
+
+
+def _tusd_policy(request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """Like tusd's example receiver: pre-create refuses uploads without a filename; pre-access wants a
+    bearer token; pre-terminate refuses to delete `keep.txt`."""
+    event = request["Event"]
+    answer: dict[str, Any] = {"HTTPResponse": {"Headers": {}}}
+    if request["Type"] == "pre-create":
+        metadata = event["Upload"]["MetaData"]
+        if "filename" not in metadata:
+            answer["RejectUpload"] = True
+            headers = {"X-From-Pre-Create": "hello"}
+            answer["HTTPResponse"] = {"StatusCode": 422, "Body": "a filename is required", "Headers": headers}
+        else:
+            answer["ChangeFileInfo"] = {"MetaData": {**metadata, "checked": "yes"}}
+    token = event["HTTPRequest"]["Header"].get("Authorization")
+    if request["Type"] == "pre-access" and token != ["Bearer good"]:
+        answer["RejectAccess"] = True
+        answer["HTTPResponse"] = {"StatusCode": 403, "Body": "bad token"}
+    if request["Type"] == "pre-terminate" and event["Upload"]["MetaData"].get("filename") == "keep.txt":
+        answer["RejectTermination"] = True
+    return 200, answer
+
+
+@pytest.fixture
+def receiver() -> Iterator[HookReceiver]:
+    receiver = HookReceiver(_tusd_policy)
+    yield receiver
+    receiver.close()
+
+
+AUTH = {"Authorization": "Bearer good"}
+
+
+def test_a_tusd_receiver_works_unchanged(tmp_path: Path, database_url: str, receiver: HookReceiver) -> None:
+    server = _hooked(tmp_path, database_url, receiver)
+    server.start()
+    try:
+        # pre-create refuses by metadata, with the hook's status, body and headers; nothing is created
+        refused = httpx.post(server.url, headers={**TUS, **AUTH, "Upload-Length": "5"})
+        assert refused.status_code == 422
+        assert refused.text.strip() == "a filename is required"
+        assert refused.headers["X-From-Pre-Create"] == "hello"
+        assert list((server.data_dir / "uploads").iterdir()) == []
+        # accepted, with metadata changed by the hook (ChangeFileInfo)
+        metadata = f"filename {_b64('a.txt')}"
+        url = _finished_upload(server, b"hello", **AUTH, **{"Upload-Metadata": metadata})
+        head = httpx.head(url, headers={**TUS, **AUTH})
+        assert head.headers["Upload-Metadata"] == f"filename {_b64('a.txt')},checked {_b64('yes')}"
+        # pre-access: a PATCH with a bad token is refused before any byte is stored
+        other = httpx.post(
+            server.url, headers={**TUS, **AUTH, "Upload-Length": "5", "Upload-Metadata": metadata}
+        )
+        other_url = other.headers["Location"]
+        denied = httpx.patch(other_url, content=b"12345", headers={**OCTETS, "Upload-Offset": "0"})
+        assert denied.status_code == 403
+        assert denied.text.strip() == "bad token"
+        assert (server.data_dir / "uploads" / other_url.rsplit("/", 1)[1]).stat().st_size == 0
+        assert httpx.head(other_url, headers={**TUS, **AUTH}).headers["Upload-Offset"] == "0"
+        assert httpx.get(url).status_code == 403  # downloads are checked too
+        assert httpx.delete(url, headers=TUS).status_code == 403
+        # pre-terminate refuses, then a DELETE of another upload goes through
+        kept = _finished_upload(server, b"k", **AUTH, **{"Upload-Metadata": f"filename {_b64('keep.txt')}"})
+        assert httpx.delete(kept, headers={**TUS, **AUTH}).status_code == 400
+        assert httpx.head(kept, headers={**TUS, **AUTH}).status_code == 200
+        assert httpx.delete(url, headers={**TUS, **AUTH}).status_code == 204
+
+        upload_id = url.rsplit("/", 1)[1]
+        _wait_until(lambda: receiver.of_type("post-terminate"), what="post-terminate")
+    finally:
+        server.stop()
+    finished = [item for item in receiver.of_type("post-finish") if item.upload["ID"] == upload_id]
+    assert len(finished) == 1
+    event = finished[0].body["Event"]
+    assert event["Upload"] | {"Storage": None} == {
+        "ID": upload_id, "Size": 5, "SizeIsDeferred": False, "Offset": 5, "IsPartial": False,
+        "IsFinal": False, "PartialUploads": None, "Storage": None,
+        "MetaData": {"filename": "a.txt", "checked": "yes"},
+    }  # fmt: skip
+    assert event["Upload"]["Storage"]["Type"] == "filestore"
+    assert event["HTTPRequest"]["Method"] == "PATCH"
+    assert event["HTTPRequest"]["URI"] == f"/files/{upload_id}"
+    assert event["HTTPRequest"]["RemoteAddr"].startswith("127.0.0.1:")
+    assert "Authorization" not in event["HTTPRequest"]["Header"]  # no secrets rest in the outbox
+    assert [item.upload["ID"] for item in receiver.of_type("post-terminate")] == [upload_id]
+    created = {item.upload["ID"] for item in receiver.of_type("post-create")}
+    assert upload_id in created
+    pre_create = receiver.of_type("pre-create")[0].body["Event"]
+    assert pre_create["Upload"]["ID"] == ""  # not chosen yet, as in tusd
+    assert pre_create["HTTPRequest"]["Header"]["Authorization"] == ["Bearer good"]  # blocking hooks see all
+
+
+def test_every_hook_request_is_signed(tmp_path: Path, database_url: str, receiver: HookReceiver) -> None:
+    server = _hooked(tmp_path, database_url, receiver)
+    server.start()
+    try:
+        _finished_upload(server, b"x", **AUTH, **{"Upload-Metadata": f"filename {_b64('s.txt')}"})
+        _wait_until(lambda: receiver.of_type("post-finish"), what="post-finish")
+    finally:
+        server.stop()
+    assert {"pre-access", "pre-create", "post-create", "post-finish"} <= {
+        item.type for item in receiver.received
+    }
+    for item in receiver.received:
+        fields = dict(part.split("=", 1) for part in item.headers["Tusserver-Signature"].split(","))
+        expected = signature(SECRET, fields["t"], item.raw)
+        assert hmac.compare_digest(fields["v1"], expected), item.type
+        assert abs(int(fields["t"]) - time.time()) < 120
+        assert signature("wrong secret", fields["t"], item.raw) != fields["v1"]
+        assert item.headers["Tusserver-Event-Id"]
+
+
+def test_post_finish_survives_a_receiver_outage(tmp_path: Path, database_url: str) -> None:
+    receiver = HookReceiver()
+    receiver.failing_until = time.monotonic() + 20  # the receiver answers 500 for 20 s
+    flags = [
+        "--hooks-http",
+        receiver.url,
+        *POST_FINISH_ONLY,
+        "--hook-timeout",
+        "2",
+        "--hooks-backoff-max",
+        "2",
+    ]
+    server = ServerProcess(tmp_path / "data", database_url, extra_args=flags)
+    server.start()
+    try:
+        urls = [_finished_upload(server, f"upload {n}".encode()) for n in range(10)]
+        ids = {url.rsplit("/", 1)[1] for url in urls}
+        _wait_until(lambda: ids <= {i.upload["ID"] for i in receiver.of_type("post-finish")}, within=40)
+        time.sleep(0.5)  # room for a duplicate to show up, were there one
+    finally:
+        server.stop()
+        receiver.close()
+    counts = Counter(item.upload["ID"] for item in receiver.of_type("post-finish"))
+    assert counts == Counter(dict.fromkeys(ids, 1))  # each once: nothing crashed
+    assert "hook_failed" in server.log()
+
+
+def test_post_finish_survives_kill_9_before_delivery(tmp_path: Path, database_url: str) -> None:
+    receiver = HookReceiver()
+    receiver.hold.clear()  # the receiver takes the request and never answers
+    server = ServerProcess(
+        tmp_path / "data",
+        database_url,
+        extra_args=["--hooks-http", receiver.url, *POST_FINISH_ONLY, "--hook-timeout", "1"],
+    )
+    server.start()
+    try:
+        url = _finished_upload(server, b"precious")  # its 204 came back: the event is committed
+        server.kill()  # before any delivery could be acknowledged
+        receiver.received.clear()
+        receiver.hold.set()
+        server.start()
+        upload_id = url.rsplit("/", 1)[1]
+        _wait_until(
+            lambda: any(i.upload["ID"] == upload_id for i in receiver.of_type("post-finish")), within=30
+        )
+    finally:
+        server.stop()
+        receiver.close()
+
+
+@pytest.mark.postgresql
+def test_three_instances_deliver_each_event_once(tmp_path: Path) -> None:
+    database_url = new_postgres_database()
+    receiver = HookReceiver()
+    flags = ["--hooks-http", receiver.url, "--hook-timeout", "2"]
+    servers = [ServerProcess(tmp_path / "data", database_url, extra_args=flags) for _ in range(3)]
+    try:
+        for server in servers:
+            server.start()
+        urls = [_finished_upload(servers[n % 3], f"upload {n}".encode()) for n in range(30)]
+        ids = {url.rsplit("/", 1)[1] for url in urls}
+        _wait_until(lambda: ids <= {i.upload["ID"] for i in receiver.of_type("post-finish")}, within=30)
+        time.sleep(1.5)  # more than a poll interval: room for a duplicate to show up, were there one
+    finally:
+        for server in servers:
+            server.stop()
+        receiver.close()
+    counts = Counter(item.upload["ID"] for item in receiver.of_type("post-finish"))
+    assert counts == Counter(dict.fromkeys(ids, 1))
+    delivering = [server for server in servers if "hook_delivered" in server.log()]
+    assert len(delivering) >= 1
