@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import base64
 import hmac
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -18,7 +20,7 @@ import pytest
 
 from tests.conftest import new_postgres_database
 from tests.hook_receiver import HookReceiver
-from tests.servers import ServerProcess
+from tests.servers import REPO_ROOT, ServerProcess
 from tusserver.tusd_hooks import signature
 
 TUS = {"Tus-Resumable": "1.0.0"}
@@ -239,3 +241,48 @@ def test_three_instances_deliver_each_event_once(tmp_path: Path) -> None:
     assert counts == Counter(dict.fromkeys(ids, 1))
     delivering = [server for server in servers if "hook_delivered" in server.log()]
     assert len(delivering) >= 1
+
+
+def _operator(database_url: str, data_dir: Path, *action: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "tusserver", "hooks", *action, "--database-url", database_url]
+    return subprocess.run(
+        [*command, "--data-dir", str(data_dir)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_operators_list_dead_events_and_retry_them(tmp_path: Path, database_url: str) -> None:
+    if database_url.startswith("postgresql"):
+        database_url = new_postgres_database()  # listing shows every event of the database
+    receiver = HookReceiver()
+    receiver.failing_until = float("inf")
+    flags = [
+        "--hooks-http",
+        receiver.url,
+        *POST_FINISH_ONLY,
+        "--hooks-max-age",
+        "1",
+        "--hooks-backoff-max",
+        "0.2",
+    ]
+    server = ServerProcess(tmp_path / "data", database_url, extra_args=flags)
+    server.start()
+    try:
+        upload_id = _finished_upload(server, b"late").rsplit("/", 1)[1]
+        _wait_until(lambda: "hook_dead" in server.log(), what="the event to be given up")
+        listed = _operator(database_url, server.data_dir, "list", "--failed")
+        assert listed.returncode == 0, listed.stderr
+        [line] = [line for line in listed.stdout.splitlines() if upload_id in line]
+        assert " dead " in line
+        assert "post-finish" in line
+        assert "answered 500" in line
+        assert upload_id not in _operator(database_url, server.data_dir, "list").stdout  # none pending
+        receiver.failing_until = 0.0
+        retried = _operator(database_url, server.data_dir, "retry", "--all-failed")
+        assert retried.stdout.strip() == "1 event(s) queued for delivery", retried.stderr
+        _wait_until(lambda: any(i.upload["ID"] == upload_id for i in receiver.of_type("post-finish")))
+        delivered = _operator(database_url, server.data_dir, "list", "--delivered")
+        assert upload_id in delivered.stdout
+        assert _operator(database_url, server.data_dir, "retry", "no-such-event").returncode == 1
+    finally:
+        server.stop()
+        receiver.close()

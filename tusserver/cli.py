@@ -22,6 +22,7 @@ from tusserver.app import create_app
 from tusserver.config import ENV_PREFIX, Settings
 from tusserver.database import downgrade, make_engine, migrate
 from tusserver.http_limits import LimitedHttpToolsProtocol
+from tusserver.outbox import Outbox
 from tusserver.preflight import StartupProblem, explain, run_checks
 from tusserver.runtime import running
 
@@ -111,6 +112,21 @@ def build_parser() -> argparse.ArgumentParser:
         description="Delete every expired upload (rows and bytes) once, then exit.",
     )  # fmt: skip
     _add_flags(cleanup, _STORAGE_FLAGS | {"expire-after", "retain-finished", "orphan-grace"})
+    hooks = commands.add_parser(
+        "hooks", help="list and retry hook events (the outbox)",
+        description="Show durable hook events and deliver failed ones again.",
+    )  # fmt: skip
+    hook_commands = hooks.add_subparsers(dest="hooks_command", metavar="ACTION", required=True)
+    listing = hook_commands.add_parser("list", help="list events: pending by default")
+    listing.add_argument("--failed", action="store_true", help="dead events (delivery gave up)")
+    listing.add_argument("--pending", action="store_true", help="events waiting for delivery")
+    listing.add_argument("--delivered", action="store_true", help="delivered events")
+    listing.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    retry = hook_commands.add_parser("retry", help="deliver an event again, or every dead one")
+    retry.add_argument("event_id", nargs="?", help="the event's ID (as `hooks list` shows it)")
+    retry.add_argument("--all-failed", action="store_true", help="every dead event")
+    for action in (listing, retry):
+        _add_flags(action, _STORAGE_FLAGS)
     return parser
 
 
@@ -141,6 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "migrate":
             asyncio.run(_migrate(settings, args.revision, args.downgrade))
             print(f"database at revision {args.revision}")
+        elif args.command == "hooks":
+            return asyncio.run(_hooks(settings, args))
         else:
             deleted, reaped = asyncio.run(_cleanup(settings))
             print(f"deleted {deleted} expired upload(s), reaped {reaped} orphan(s)")
@@ -150,6 +168,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    return 0
+
+
+async def _hooks(settings: Settings, args: argparse.Namespace) -> int:
+    """`tusserver hooks list|retry`: the outbox, for operators."""
+    async with running(settings) as runtime:
+        outbox = Outbox(runtime.service.records.runner)
+        if args.hooks_command == "retry":
+            if bool(args.event_id) == bool(args.all_failed):
+                print("tusserver: give an event ID or --all-failed", file=sys.stderr)
+                return 2
+            count = await outbox.again(args.event_id)
+            print(f"{count} event(s) queued for delivery")
+            return 0 if count or args.all_failed else 1
+        wanted = {"dead": args.failed, "pending": args.pending, "delivered": args.delivered}
+        states = [state for state, asked in wanted.items() if asked] or ["pending"]
+        for event in await outbox.listing(states, args.limit):
+            error = f"  {event.last_error}" if event.last_error else ""
+            print(f"{event.id}  {event.state:9}  {event.type:14}  {event.sink:10}  upload {event.upload_id}"
+                  f"  attempts {event.attempts}  {event.created_at:%Y-%m-%d %H:%M:%S}{error}")  # fmt: skip
     return 0
 
 

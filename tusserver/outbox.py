@@ -18,7 +18,7 @@ import contextlib
 import json
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -83,6 +83,9 @@ _DEAD = (
     .where(_MINE)
     .values(state=DEAD, finished_at=db_now(), last_error=_p("error"), **_UNCLAIMED)
 )
+_AGAIN = {"state": PENDING, "due_at": db_now(), "attempts": 0, "finished_at": None, **_UNCLAIMED}
+_RETRY_ONE = sa.update(hook_event_table).where(_e.id == _p("event_id"), _e.state != PENDING).values(**_AGAIN)
+_RETRY_DEAD = sa.update(hook_event_table).where(_e.state == DEAD).values(**_AGAIN)
 PREPARED = (INSERT_EVENT, _DELIVERED, _RETRY, _DEAD)
 """Statements run on the hot path (prepared once on PostgreSQL by `pg_direct`)."""
 
@@ -98,6 +101,20 @@ class Claimed:
     payload: Mapping[str, Any]
     attempts: int
     created_at: datetime
+
+
+@dataclass(frozen=True)
+class Listed:
+    """An event as `tusserver hooks list` shows it."""
+
+    id: str
+    sink: str
+    type: str
+    upload_id: str
+    state: str
+    attempts: int
+    created_at: datetime
+    last_error: str | None
 
 
 class Sink(Protocol):
@@ -149,6 +166,24 @@ class Outbox:
 
     async def dead(self, event_id: str, me: str, error: str) -> None:
         await self._runner.run(_DEAD, {"event_id": event_id, "me": me, "error": error})
+
+    async def listing(self, states: Sequence[str], limit: int = 100) -> list[Listed]:
+        """Events in `states`, oldest first (for `tusserver hooks list`)."""
+        query = (
+            sa.select(
+                _e.id, _e.sink, _e.type, _e.upload_id, _e.state, _e.attempts, _e.created_at, _e.last_error
+            )
+            .where(_e.state.in_(list(states)))
+            .order_by(_e.created_at)
+            .limit(limit)
+        )
+        return [Listed(*row) for row in (await self._runner.run(query)).rows]
+
+    async def again(self, event_id: str | None = None) -> int:
+        """Deliver a delivered or dead event again (`event_id`), or every dead one (None): how many."""
+        if event_id is None:
+            return (await self._runner.run(_RETRY_DEAD)).rowcount
+        return (await self._runner.run(_RETRY_ONE, {"event_id": event_id})).rowcount
 
 
 def _as_mapping(value: Any) -> Mapping[str, Any]:
