@@ -43,6 +43,8 @@ class HookReceiver:
         self.policy = policy
         self.received: list[Received] = []
         self.failing_until = 0.0
+        self.failing_types: set[str] | None = None
+        """With `failing_until`: only these hook types fail (None: all)."""
         self.hold = threading.Event()
         self.hold.set()  # set: answer; cleared: hang until set again
         self._lock = threading.Lock()
@@ -53,7 +55,8 @@ class HookReceiver:
                 raw = self.rfile.read(int(self.headers["Content-Length"]))
                 request = json.loads(raw)
                 receiver.hold.wait()
-                if time.monotonic() < receiver.failing_until:
+                failing = receiver.failing_types is None or request["Type"] in receiver.failing_types
+                if failing and time.monotonic() < receiver.failing_until:
                     self.send_response(500)
                     self.end_headers()
                     return

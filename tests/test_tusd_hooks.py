@@ -286,3 +286,31 @@ def test_operators_list_dead_events_and_retry_them(tmp_path: Path, database_url:
     finally:
         server.stop()
         receiver.close()
+
+
+def test_a_post_finish_retried_still_arrives_before_its_post_terminate(
+    tmp_path: Path, database_url: str
+) -> None:
+    """A DELETE right after the finishing PATCH, while the receiver refuses post-finish for a while:
+    the receiver never sees a post-finish for a file that is gone without a post-terminate after it."""
+    receiver = HookReceiver()
+    receiver.failing_types = {"post-finish"}
+    receiver.failing_until = time.monotonic() + 3
+    flags = ["--hooks-http", receiver.url, "--hooks-enabled-events", "post-finish,post-terminate"]
+    server = ServerProcess(tmp_path / "data", database_url, extra_args=[*flags, "--hooks-backoff-max", "0.5"])
+    server.start()
+    try:
+        url = _finished_upload(server, b"short-lived")
+        assert httpx.delete(url, headers=TUS).status_code == 204
+        upload_id = url.rsplit("/", 1)[1]
+        _wait_until(
+            lambda: len([i for i in receiver.received if i.upload["ID"] == upload_id]) == 2, within=30
+        )
+    finally:
+        server.stop()
+        receiver.close()
+    assert [item.type for item in receiver.received if item.upload["ID"] == upload_id] == [
+        "post-finish",
+        "post-terminate",
+    ]
+    assert "hook_failed" in server.log()  # post-finish was refused at first

@@ -5,7 +5,10 @@ A durable event (post-create, post-finish, post-terminate) is one `hook_event` r
 (`Outbox.insert_steps` builds those inserts): if the change commits, so does the event, and a killed
 process cannot lose it. Every instance runs a `Dispatcher`: it claims due rows with a lease of its own
 (`claimed_by` / `claimed_until`, judged by the database's clock; `SKIP LOCKED` on PostgreSQL), so two
-instances never deliver the same row at the same time, delivers, and marks them delivered. A failed
+instances never deliver the same row at the same time, delivers, and marks them delivered. One
+upload's events reach a receiver in their order (post-create, post-finish, post-terminate): a later
+one waits while an earlier one is pending (being retried), so a post-finish for a file that is gone
+is always followed by its post-terminate. A failed
 delivery is retried with exponential backoff and jitter until `--hooks-max-age`, then marked dead and
 logged. A crash between a delivery and its mark means one more delivery: receivers drop repeats by
 the event ID, which every attempt carries.
@@ -56,7 +59,20 @@ _CLAIMABLE = sa.and_(
     _e.due_at <= db_now(),
     sa.or_(_e.claimed_until.is_(None), _e.claimed_until < db_now()),
 )
-_DUE = sa.select(_e.id).where(_CLAIMABLE).order_by(_e.due_at).limit(CLAIM_BATCH)
+_LIFECYCLE = {"post-create": 0, "post-finish": 1, "post-terminate": 2}
+"""The order of one upload's durable events: a receiver never gets one before an earlier one."""
+_older = hook_event_table.alias("older")
+_WAITS_FOR_EARLIER = (
+    sa.exists()
+    .where(
+        _older.c.upload_id == _e.upload_id,
+        _older.c.sink == _e.sink,
+        _older.c.state == PENDING,
+        sa.case(_LIFECYCLE, value=_older.c.type, else_=3) < sa.case(_LIFECYCLE, value=_e.type, else_=3),
+    )
+    .correlate(hook_event_table)
+)
+_DUE = sa.select(_e.id).where(_CLAIMABLE, ~_WAITS_FOR_EARLIER).order_by(_e.due_at).limit(CLAIM_BATCH)
 _CLAIM = (
     sa.update(hook_event_table)
     # repeated outside the subquery: PostgreSQL re-checks it on a row another instance just claimed
