@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from tests import hook_recorder
-from tests.conftest import app_client
+from tests.conftest import AppClient, app_client
 from tests.helpers import BASE, create, patch
-from tusserver import Settings
+from tusserver import HookAnswer, HookEvent, HookRejected, Settings, create_app
 from tusserver.hooks import load_callable
 
 pytestmark = pytest.mark.anyio
@@ -180,3 +180,46 @@ async def test_unreachable_webhook_is_logged(
     assert any(
         path.rsplit("/", 1)[1] in r.getMessage() for r in caplog.records if "hook_failed" in r.getMessage()
     )
+
+
+class Gatekeeper:
+    """A `--hooks-python` object: methods named after the events it wants, sync or async."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, str]] = []
+
+    async def pre_create(self, event: HookEvent) -> HookAnswer:
+        if "filename" not in event.metadata:
+            return HookAnswer(reject=True, status=422, body="name your file")
+        return HookAnswer(new_metadata={**event.metadata, "owner": "alice"})
+
+    def post_finish(self, event: HookEvent) -> None:  # sync: runs in a worker thread
+        self.seen.append((str(event.type), event.upload.id, event.metadata["owner"]))
+
+    async def pre_terminate(self, event: HookEvent) -> None:
+        raise HookRejected(409, f"{event.metadata['filename']} is kept")
+
+
+gatekeeper = Gatekeeper()
+
+
+@pytest.mark.parametrize("wiring", ["create_app", "--hooks-python"])
+async def test_python_hooks_object(tmp_path: Path, database_url: str, wiring: str) -> None:
+    keeper = Gatekeeper() if wiring == "create_app" else gatekeeper
+    gatekeeper.seen.clear()
+    settings = hooked(tmp_path, database_url)
+    if wiring == "--hooks-python":
+        settings = hooked(tmp_path, database_url, hooks_python="tests.test_hooks:gatekeeper")
+    app = AppClient(settings)
+    if wiring == "create_app":
+        app.app = create_app(settings, hooks=keeper)
+    async with app as client:
+        refused = await client.post(BASE, headers={"Upload-Length": "1"})
+        assert (refused.status_code, refused.text.strip()) == (422, "name your file")
+        path = await create(client, 1, Upload_Metadata="filename YS50eHQ=")
+        assert (await patch(client, path, 0, b"x")).status_code == 204
+        upload_id = path.rsplit("/", 1)[1]
+        await wait_for(lambda: keeper.seen == [("post-finish", upload_id, "alice")])
+        kept = await client.delete(path)
+        assert (kept.status_code, kept.text.strip()) == (409, "a.txt is kept")
+        assert "owner" in (await client.head(path)).headers["Upload-Metadata"]

@@ -42,11 +42,14 @@ def app_from_env() -> Starlette:
     return create_app(Settings.from_env(), stop_on_signals=True)
 
 
-def create_app(settings: Settings | None = None, stop_on_signals: bool = False) -> Starlette:
-    """The tus server as an ASGI application; `uvicorn` (or any ASGI server) runs it."""
+def create_app(
+    settings: Settings | None = None, stop_on_signals: bool = False, hooks: object | None = None
+) -> Starlette:
+    """The tus server as an ASGI application; `uvicorn` (or any ASGI server) runs it. `hooks`: an
+    object with a method per hook event, as `--hooks-python` takes."""
     settings = settings or Settings()
     tune_malloc()  # every process that serves, workers and embedders too (allocator.py)
-    hooks = build_hooks(settings)  # fail at start-up, not at the first finished upload
+    built = build_hooks(settings, hooks)  # fail at start-up, not at the first finished upload
     base = settings.base_path
     routes = [
         Route(base, handlers.collection, methods=_METHODS),
@@ -57,7 +60,7 @@ def create_app(settings: Settings | None = None, stop_on_signals: bool = False) 
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with running(settings, hooks) as runtime:
+        async with running(settings, built) as runtime:
             app.state.service = runtime.service
             if stop_on_signals:
                 _stop_uploads_on_signals(runtime.service.locks.stop_all)

@@ -36,6 +36,7 @@ _SERVE_FLAGS: list[tuple[str, str | None, str]] = [
     ("max-size", "BYTES", "largest upload accepted, e.g. 10G or 1048576 (default: no limit)"),
     ("on-finish", "MODULE:FUNC", "Python callable run once per finished upload (sync or async)"),
     ("webhook-url", "URL", "URL that receives a JSON POST once per finished upload"),
+    ("hooks-python", "MODULE:OBJECT", "Python object with a method per hook event (pre_create, ...)"),
     ("hooks-http", "URL", "receiver of tusd v2 HTTP hooks (pre-create, post-finish, ...)"),
     ("hooks-enabled-events", "EVENTS", "hook events sent, comma-separated (default: tusd's set)"),
     ("hooks-http-forward-headers", "HEADERS", "request headers copied onto hook requests, comma-separated"),

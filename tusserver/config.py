@@ -87,6 +87,9 @@ class Settings:
     min_free_space: str = "auto"
     """Free space kept on the data directory's file system: bytes (`512M`), a share (`1%`), or `auto`
     (1 %, at least 64 MiB). New bytes beyond it get 507, so the database and DELETE keep working."""
+    hooks_python: str | None = None
+    """`package.module:object` whose methods named after events (`pre_create`, `post_finish`, ...)
+    receive them."""
     hooks_http: str | None = None
     """URL that receives tusd v2 HTTP hooks (blocking pre-hooks and durable post-hooks)."""
     hooks_enabled_events: str = "pre-create,post-create,post-receive,post-terminate,post-finish"
@@ -233,6 +236,7 @@ _FIELD_PARSERS: dict[str, Callable[[str], object]] = {
     "shutdown_timeout": float,
     "network_timeout": parse_duration,
     "min_free_space": _free_space,
+    "hooks_python": str,
     "hooks_http": str,
     "hooks_enabled_events": str,
     "hooks_http_forward_headers": str,

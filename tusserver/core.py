@@ -1,8 +1,8 @@
 """The vocabulary shared by every layer: the `Upload` value, upload IDs and the seams between layers.
 
 `Upload` is a frozen snapshot of one row of upload state; it is changed with `dataclasses.replace` and
-stored by an `UploadStore`. `Storage` moves bytes and knows nothing of HTTP, SQL or locks. `Hook`
-receives lifecycle events. Nothing in this module performs I/O.
+stored by `UploadRecords`. `Storage` moves bytes and knows nothing of HTTP, SQL or locks.
+`FinishEvent` is what `--on-finish` callables receive. Nothing in this module performs I/O.
 """
 
 from __future__ import annotations
@@ -187,9 +187,3 @@ class Storage(Protocol):
     def describe(self, upload: Upload) -> Mapping[str, str]:
         """Where the bytes are, for hooks and logs (e.g. `{"type": "local", "path": ...}`)."""
         ...
-
-
-class Hook(Protocol):
-    """Receives lifecycle events. Runs in the background; it can neither fail nor delay a request."""
-
-    async def on_finish(self, event: FinishEvent) -> None: ...

@@ -9,7 +9,8 @@
   pre-create, change the new upload's ID and metadata.
 
 Receivers: `--on-finish package.module:function` (a Python callable, post-finish), `--webhook-url`
-(tusserver's JSON, post-finish) and `--hooks-http` (tusd v2's hook protocol, see `tusd_hooks.py`).
+(tusserver's JSON, post-finish), `--hooks-http` (tusd v2's hook protocol, see `tusd_hooks.py`) and
+`--hooks-python package.module:object` (`PythonHooks`: a method per event, typed `HookEvent`s).
 Post-finish is not sent for partial uploads of a concatenation (only for the final one).
 """
 
@@ -40,15 +41,7 @@ _PRIVATE_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
 
 def load_callable(spec: str) -> FinishFunction:
     """`package.module:function` -> the function; ValueError if it cannot be found."""
-    module_name, _, attribute = spec.partition(":")
-    if not module_name or not attribute:
-        raise ValueError(f"hook must look like package.module:function, got {spec!r}")
-    try:
-        target: object = importlib.import_module(module_name)
-        for part in attribute.split("."):
-            target = getattr(target, part)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"cannot load hook {spec!r}: {exc}") from exc
+    target = load_object(spec)
     if not callable(target):
         raise ValueError(f"hook {spec!r} is not callable")
     return target
@@ -114,6 +107,85 @@ class WebhookSink:
         await self._client.aclose()
 
 
+@dataclass(frozen=True)
+class HookEvent:
+    """What a `--hooks-python` object's methods receive."""
+
+    id: str
+    type: EventType
+    upload: Upload
+    """For pre-create: the upload about to be created (its `id` is still empty); for pre-access: only
+    its `id` (empty for a POST), nothing is read from the database before access is granted."""
+    metadata: Mapping[str, str]
+    storage: Mapping[str, str]
+    request: RequestInfo | None
+
+
+class PythonHooks:
+    """`--hooks-python package.module:object`: an object with a method per event it wants, named
+    after the event (`pre_create`, `post_finish`, ...), sync (run in a worker thread) or async. A
+    blocking method refuses by returning `HookAnswer(reject=True, ...)` or raising `HookRejected`;
+    pre-create may return `HookAnswer(new_id=..., new_metadata=...)`."""
+
+    def __init__(self, target: object) -> None:
+        self._target = target
+        self.events = frozenset(kind for kind in EventType if callable(getattr(target, _method(kind), None)))
+
+    async def call(self, kind: EventType, payload: Mapping[str, Any]) -> HookAnswer:
+        answer = await self._invoke(kind, payload)
+        return answer if isinstance(answer, HookAnswer) else HookAnswer()
+
+    async def deliver(self, payload: Mapping[str, Any]) -> None:
+        await self._invoke(EventType(payload["Type"]), payload)
+
+    async def _invoke(self, kind: EventType, payload: Mapping[str, Any]) -> object:
+        method = getattr(self._target, _method(kind))
+        event = hook_event(payload)
+        if inspect.iscoroutinefunction(method):
+            return await method(event)
+        result = await asyncio.to_thread(method, event)
+        return await result if inspect.isawaitable(result) else result
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _method(kind: EventType) -> str:
+    return kind.value.replace("-", "_")
+
+
+def hook_event(payload: Mapping[str, Any]) -> HookEvent:
+    finish = finish_event(payload)
+    http = payload["HTTPRequest"]
+    request = (
+        RequestInfo(http["Method"], http["URI"], http["RemoteAddr"], http["Header"])
+        if http["Method"]
+        else None
+    )
+    return HookEvent(
+        payload["EventID"],
+        EventType(payload["Type"]),
+        finish.upload,
+        finish.metadata,
+        finish.storage,
+        request,
+    )
+
+
+def load_object(spec: str) -> object:
+    """`package.module:object` -> the object; ValueError if it cannot be found."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"hook must look like package.module:object, got {spec!r}")
+    try:
+        target: object = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"cannot load hook {spec!r}: {exc}") from exc
+    return target
+
+
 @dataclass
 class Route:
     """One durable receiver: its sink and the events it takes."""
@@ -126,12 +198,10 @@ class Hooks:
     def __init__(
         self,
         routes: Mapping[str, Route] | None = None,
-        blocking: BlockingHooks | None = None,
-        blocking_events: frozenset[EventType] = frozenset(),
+        blocking: Sequence[tuple[BlockingHooks, frozenset[EventType]]] = (),
     ) -> None:
         self.routes = dict(routes or {})
-        self._blocking = blocking
-        self._blocking_events = blocking_events
+        self._blocking = list(blocking)
         self._dispatcher: Dispatcher | None = None
 
     @property
@@ -142,7 +212,9 @@ class Hooks:
         self._dispatcher = dispatcher
 
     def wants(self, kind: EventType) -> bool:
-        return any(kind in route.events for route in self.routes.values()) or kind in self._blocking_events
+        return any(kind in route.events for route in self.routes.values()) or any(
+            kind in events for _, events in self._blocking
+        )
 
     def durable(
         self, kind: EventType, upload: Upload, storage: Mapping[str, str], request: RequestInfo | None
@@ -163,24 +235,33 @@ class Hooks:
     async def before(
         self, kind: EventType, upload: Upload, storage: Mapping[str, str], request: RequestInfo | None
     ) -> HookAnswer:
-        """Run the blocking hook for `kind`, if one listens; raise `HookRejected` if it refuses."""
-        if self._blocking is None or kind not in self._blocking_events:
-            return HookAnswer()
-        answer = await self._blocking.call(kind, event_payload(kind, upload, storage, request))
-        if answer.reject:
-            status = answer.status or (403 if kind is EventType.PRE_ACCESS else 400)
-            message = answer.body or f"refused by the {kind} hook"
-            log.info("hook_rejected type=%s upload_id=%s status=%d", kind, upload.id or "-", status)
-            raise HookRejected(status, message, answer.headers)
-        return answer
+        """Run the blocking hooks for `kind` in turn, if any listens; raise `HookRejected` when one
+        refuses. What they change (pre-create) is merged, the later one winning."""
+        merged = HookAnswer()
+        listening = [hooks for hooks, events in self._blocking if kind in events]
+        if not listening:
+            return merged
+        payload = event_payload(kind, upload, storage, request)
+        for hooks in listening:
+            answer = await hooks.call(kind, payload)
+            if answer.reject:
+                status = answer.status or (403 if kind is EventType.PRE_ACCESS else 400)
+                message = answer.body or f"refused by the {kind} hook"
+                log.info("hook_rejected type=%s upload_id=%s status=%d", kind, upload.id or "-", status)
+                raise HookRejected(status, message, answer.headers)
+            merged = HookAnswer(
+                new_id=answer.new_id or merged.new_id,
+                new_metadata=answer.new_metadata if answer.new_metadata is not None else merged.new_metadata,
+            )
+        return merged
 
     async def aclose(self) -> None:
         for route in self.routes.values():
             closer = getattr(route.sink, "aclose", None)
             if closer is not None:
                 await closer()
-        if self._blocking is not None:
-            await self._blocking.aclose()
+        for hooks, _ in self._blocking:
+            await hooks.aclose()
 
 
 def _without_secrets(request: RequestInfo | None) -> RequestInfo | None:
@@ -212,4 +293,7 @@ def finish_routes(
     return routes
 
 
-__all__: Sequence[str] = ["HookAnswer", "HookRejected", "Hooks", "Route", "load_callable", "parse_events"]
+__all__: Sequence[str] = [
+    "HookAnswer", "HookEvent", "HookRejected", "Hooks", "PythonHooks", "Route",
+    "load_callable", "parse_events",
+]  # fmt: skip

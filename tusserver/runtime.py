@@ -17,8 +17,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tusserver.config import Settings
 from tusserver.database import make_engine, migrate
-from tusserver.events import BLOCKING, DURABLE
-from tusserver.hooks import Hooks, Route, finish_routes, load_callable, parse_events
+from tusserver.events import BLOCKING, DURABLE, EventType
+from tusserver.hooks import (
+    BlockingHooks,
+    Hooks,
+    PythonHooks,
+    Route,
+    finish_routes,
+    load_callable,
+    load_object,
+    parse_events,
+)
 from tusserver.locking import UploadLocks, instance_name
 from tusserver.outbox import Dispatcher, Outbox
 from tusserver.policy import Policy
@@ -36,19 +45,27 @@ class Runtime:
     sweeper: Sweeper
 
 
-def build_hooks(settings: Settings) -> Hooks:
-    """The configured hooks; raises ValueError at start-up for a callable that cannot be loaded or
-    an unknown event name."""
+def build_hooks(settings: Settings, python_hooks: object | None = None) -> Hooks:
+    """The configured hooks (plus `python_hooks`, an embedder's object); raises ValueError at
+    start-up for a callable or object that cannot be loaded or an unknown event name."""
     on_finish = load_callable(settings.on_finish) if settings.on_finish else None
     routes = finish_routes(on_finish, settings.webhook_url, settings.hook_timeout)
-    if not settings.hooks_http:
-        return Hooks(routes)
-    events = parse_events(settings.hooks_enabled_events)
-    forward = [name.strip() for name in settings.hooks_http_forward_headers.split(",") if name.strip()]
-    tusd = TusdHttpHooks(settings.hooks_http, settings.hook_timeout, settings.hooks_secret, forward)
-    if events & DURABLE:
-        routes["hooks-http"] = Route(tusd, events & DURABLE)
-    return Hooks(routes, tusd, events & BLOCKING)
+    blocking: list[tuple[BlockingHooks, frozenset[EventType]]] = []
+    if settings.hooks_http:
+        events = parse_events(settings.hooks_enabled_events)
+        forward = [name.strip() for name in settings.hooks_http_forward_headers.split(",") if name.strip()]
+        tusd = TusdHttpHooks(settings.hooks_http, settings.hook_timeout, settings.hooks_secret, forward)
+        if events & DURABLE:
+            routes["hooks-http"] = Route(tusd, events & DURABLE)
+        blocking.append((tusd, events & BLOCKING))
+    if python_hooks is None and settings.hooks_python:
+        python_hooks = load_object(settings.hooks_python)
+    if python_hooks is not None:
+        python = PythonHooks(python_hooks)
+        if python.events & DURABLE:
+            routes["python"] = Route(python, python.events & DURABLE)
+        blocking.append((python, python.events & BLOCKING))
+    return Hooks(routes, blocking)
 
 
 def policy_of(settings: Settings) -> Policy:
