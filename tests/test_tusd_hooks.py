@@ -314,3 +314,36 @@ def test_a_post_finish_retried_still_arrives_before_its_post_terminate(
         "post-terminate",
     ]
     assert "hook_failed" in server.log()  # post-finish was refused at first
+
+
+def test_post_receive_reports_progress_of_a_slow_patch(tmp_path: Path, database_url: str) -> None:
+    receiver = HookReceiver()
+    flags = [
+        "--hooks-http",
+        receiver.url,
+        "--hooks-enabled-events",
+        "post-receive",
+        "--commit-interval",
+        "0.5",
+    ]
+    server = ServerProcess(tmp_path / "data", database_url, extra_args=[*flags, "--progress-interval", "0.5"])
+    server.start()
+    try:
+        url = httpx.post(server.url, headers={**TUS, "Upload-Length": "40"}).headers["Location"]
+
+        def trickle() -> Iterator[bytes]:
+            for _ in range(8):  # 40 bytes over about 2.4 s
+                yield b"12345"
+                time.sleep(0.3)
+
+        done = httpx.patch(
+            url, content=trickle(), headers={**OCTETS, "Upload-Offset": "0", "Content-Length": "40"}
+        )
+        assert done.status_code == 204
+        _wait_until(lambda: any(i.upload["Offset"] == 40 for i in receiver.of_type("post-receive")))
+    finally:
+        server.stop()
+        receiver.close()
+    offsets = [item.upload["Offset"] for item in receiver.of_type("post-receive")]
+    assert len(set(offsets)) >= 3  # progress during the body, not only at its end
+    assert max(offsets) == 40  # (best effort: sent in the background, so not necessarily in order)

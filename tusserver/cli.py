@@ -41,6 +41,7 @@ _SERVE_FLAGS: list[tuple[str, str | None, str]] = [
     ("hooks-enabled-events", "EVENTS", "hook events sent, comma-separated (default: tusd's set)"),
     ("hooks-http-forward-headers", "HEADERS", "request headers copied onto hook requests, comma-separated"),
     ("hooks-secret", "SECRET", "sign every hook request with HMAC-SHA256 (Tusserver-Signature)"),
+    ("progress-interval", "SECONDS", "at most one post-receive hook per upload this often (default 1)"),
     ("hooks-max-age", "DURATION", "how long a failing post-hook is retried before it is dead (24h)"),
     ("hooks-backoff-max", "SECONDS", "longest wait between two delivery attempts (default 300)"),
     ("log-level", "LEVEL", "debug, info, warning or error (default info)"),

@@ -99,6 +99,8 @@ class Settings:
     """Comma-separated request headers copied onto each hook request."""
     hooks_secret: str | None = None
     """Key of the HMAC-SHA256 signature every hook request carries (`Tusserver-Signature`)."""
+    progress_interval: float = 1.0
+    """Seconds between two post-receive hooks of one upload, at most."""
     hooks_max_age: float = 24 * 3600.0
     """Seconds a durable hook event is retried before it is marked dead."""
     hooks_backoff_max: float = 300.0
@@ -241,6 +243,7 @@ _FIELD_PARSERS: dict[str, Callable[[str], object]] = {
     "hooks_enabled_events": str,
     "hooks_http_forward_headers": str,
     "hooks_secret": str,
+    "progress_interval": parse_duration,
     "hooks_max_age": parse_duration,
     "hooks_backoff_max": parse_duration,
     "database_timeout": parse_duration,

@@ -20,8 +20,10 @@ import asyncio
 import importlib
 import inspect
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from math import inf
 from typing import Any, Protocol
 
 import httpx
@@ -35,6 +37,7 @@ from tusserver.statements import Step
 log = logging.getLogger(__name__)
 
 FinishFunction = Callable[[FinishEvent], object]
+_MAX_PROGRESS_IN_FLIGHT = 100
 _PRIVATE_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
 """Left out of stored (durable) events: secrets do not rest in the outbox."""
 
@@ -199,9 +202,15 @@ class Hooks:
         self,
         routes: Mapping[str, Route] | None = None,
         blocking: Sequence[tuple[BlockingHooks, frozenset[EventType]]] = (),
+        progress: Sequence[Sink] = (),
+        progress_interval: float = 1.0,
     ) -> None:
         self.routes = dict(routes or {})
         self._blocking = list(blocking)
+        self._progress = list(progress)
+        self._progress_interval = progress_interval
+        self._last_progress: dict[str, float] = {}
+        self._progress_tasks: set[asyncio.Task[None]] = set()
         self._dispatcher: Dispatcher | None = None
 
     @property
@@ -232,6 +241,37 @@ class Hooks:
         if self._dispatcher is not None:
             self._dispatcher.poke()
 
+    def progressed(self, upload: Upload, storage: Mapping[str, str], request: RequestInfo | None) -> None:
+        """post-receive, best effort: at most one per upload per progress interval (and one when it
+        completes), sent in the background, never retried, dropped when too many are in flight."""
+        if not self._progress:
+            return
+        now = time.monotonic()
+        if (
+            not upload.is_complete
+            and now - self._last_progress.get(upload.id, -inf) < self._progress_interval
+        ):
+            return
+        if upload.is_complete:
+            self._last_progress.pop(upload.id, None)
+        else:
+            self._last_progress[upload.id] = now
+        if len(self._progress_tasks) >= _MAX_PROGRESS_IN_FLIGHT:
+            return
+        payload = event_payload(EventType.POST_RECEIVE, upload, storage, _without_secrets(request))
+        for sink in self._progress:
+            task = asyncio.create_task(self._send_progress(sink, payload))
+            self._progress_tasks.add(task)
+            task.add_done_callback(self._progress_tasks.discard)
+
+    async def _send_progress(self, sink: Sink, payload: Mapping[str, Any]) -> None:
+        try:
+            await sink.deliver(payload)
+        except Exception as exc:
+            log.info(
+                "hook_progress_dropped upload_id=%s error=%s", payload["Upload"]["ID"], type(exc).__name__
+            )
+
     async def before(
         self, kind: EventType, upload: Upload, storage: Mapping[str, str], request: RequestInfo | None
     ) -> HookAnswer:
@@ -260,6 +300,9 @@ class Hooks:
             closer = getattr(route.sink, "aclose", None)
             if closer is not None:
                 await closer()
+        for task in list(self._progress_tasks):
+            task.cancel()
+        await asyncio.gather(*self._progress_tasks, return_exceptions=True)
         for hooks, _ in self._blocking:
             await hooks.aclose()
 

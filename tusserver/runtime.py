@@ -29,7 +29,7 @@ from tusserver.hooks import (
     parse_events,
 )
 from tusserver.locking import UploadLocks, instance_name
-from tusserver.outbox import Dispatcher, Outbox
+from tusserver.outbox import Dispatcher, Outbox, Sink
 from tusserver.policy import Policy
 from tusserver.records import UploadRecords
 from tusserver.storage import LocalStorage
@@ -51,6 +51,7 @@ def build_hooks(settings: Settings, python_hooks: object | None = None) -> Hooks
     on_finish = load_callable(settings.on_finish) if settings.on_finish else None
     routes = finish_routes(on_finish, settings.webhook_url, settings.hook_timeout)
     blocking: list[tuple[BlockingHooks, frozenset[EventType]]] = []
+    progress: list[Sink] = []
     if settings.hooks_http:
         events = parse_events(settings.hooks_enabled_events)
         forward = [name.strip() for name in settings.hooks_http_forward_headers.split(",") if name.strip()]
@@ -58,6 +59,8 @@ def build_hooks(settings: Settings, python_hooks: object | None = None) -> Hooks
         if events & DURABLE:
             routes["hooks-http"] = Route(tusd, events & DURABLE)
         blocking.append((tusd, events & BLOCKING))
+        if EventType.POST_RECEIVE in events:
+            progress.append(tusd)
     if python_hooks is None and settings.hooks_python:
         python_hooks = load_object(settings.hooks_python)
     if python_hooks is not None:
@@ -65,7 +68,9 @@ def build_hooks(settings: Settings, python_hooks: object | None = None) -> Hooks
         if python.events & DURABLE:
             routes["python"] = Route(python, python.events & DURABLE)
         blocking.append((python, python.events & BLOCKING))
-    return Hooks(routes, blocking)
+        if EventType.POST_RECEIVE in python.events:
+            progress.append(python)
+    return Hooks(routes, blocking, progress, settings.progress_interval)
 
 
 def policy_of(settings: Settings) -> Policy:
