@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from tusserver.middleware import ASGIApp, Message, Receive, Scope, Send
+from tusserver.middleware import ASGIApp, Message, Receive, Scope, Send, send_text
 from tusserver.statements import RETRY_AFTER_SECONDS
 
 log = logging.getLogger(__name__)
@@ -45,19 +45,9 @@ class FailsafeMiddleware:
         except asyncio.CancelledError:
             log.info("request_cancelled method=%s path=%s reason=shutdown", scope["method"], scope["path"])
             if not started:
-                await _answer(scope["method"], send, 503, b"server is shutting down, retry\n", RETRY)
+                await send_text(send, scope["method"], 503, "server is shutting down, retry", RETRY)
         except Exception:
             log.exception("internal_error method=%s path=%s", scope["method"], scope["path"])
             if not started:
-                await _answer(scope["method"], send, 500, b"internal server error\n")
+                await send_text(send, scope["method"], 500, "internal server error")
             # else: return without finishing the response; the server closes the connection
-
-
-async def _answer(method: str, send: Send, status: int, text: bytes, *extra: tuple[bytes, bytes]) -> None:
-    headers = [
-        *extra,
-        (b"content-type", b"text/plain; charset=utf-8"),
-        (b"content-length", str(len(text)).encode()),
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": b"" if method == "HEAD" else text})

@@ -91,7 +91,7 @@ async def resource(request: Request) -> Response:
     if request.method == "PATCH":
         return await patch(request, upload_id)
     if request.method == "DELETE":
-        await _service(request).terminate(upload_id, request_info(request))
+        await _service(request).terminate(upload_id, _for_hooks(request))
         return Response(status_code=204)
     if request.method == "GET" and not _settings(request).disable_download:
         return await download(request, upload_id)
@@ -124,7 +124,7 @@ async def create(request: Request) -> Response:
     body = _body(request) if _has_body(request) else None
     if body is not None:
         require_offset_stream(headers.get(CONTENT_TYPE))
-    upload = await _service(request).create(new, body, request_info(request))
+    upload = await _service(request).create(new, body, _for_hooks(request))
     location = _public_base(request) + _settings(request).base_path + upload.id
     return Response(status_code=201, headers={LOCATION: location, **_progress_headers(upload)})
 
@@ -225,7 +225,7 @@ def _body(request: Request) -> Body:
     if content_length is None and not _has_body(request):
         content_length = 0
     checksum = request.headers.get(UPLOAD_CHECKSUM)
-    return Body(BodyReader(request.receive), content_length, checksum, request_info(request))
+    return Body(BodyReader(request.receive), content_length, checksum, _for_hooks(request))
 
 
 async def _pre_access(request: Request, upload_id: str) -> None:
@@ -235,6 +235,11 @@ async def _pre_access(request: Request, upload_id: str) -> None:
         now = utcnow()
         known = Upload(id=upload_id, offset=0, length=None, created_at=now, updated_at=now)
         await hooks.before(EventType.PRE_ACCESS, known, {}, request_info(request))
+
+
+def _for_hooks(request: Request) -> RequestInfo | None:
+    """The request as hooks see it, when any hook listens (not collected per request otherwise)."""
+    return request_info(request) if _service(request).hooks.active else None
 
 
 def request_info(request: Request) -> RequestInfo:

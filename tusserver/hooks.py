@@ -217,6 +217,15 @@ class Hooks:
     def sinks(self) -> dict[str, Sink]:
         return {name: route.sink for name, route in self.routes.items()}
 
+    @property
+    def active(self) -> bool:
+        """Whether any receiver listens to anything (else requests skip collecting what hooks see)."""
+        return bool(self.routes or self._blocking or self._progress)
+
+    @property
+    def reports_progress(self) -> bool:
+        return bool(self._progress)
+
     def attach(self, dispatcher: Dispatcher) -> None:
         self._dispatcher = dispatcher
 

@@ -52,17 +52,20 @@ class TusMiddleware:
             await send(message)
 
         if scope.get("http_version") == "1.1" and request_header(scope, b"host") is None:
-            await _refuse(send_with_version, scope["method"], 400, "an HTTP/1.1 request needs a Host header")
+            await send_text(
+                send_with_version, scope["method"], 400, "an HTTP/1.1 request needs a Host header"
+            )
             return
         if scope["method"] not in _EXEMPT and request_header(scope, _RESUMABLE) != _VERSION_PAIR[1]:
             version = (TUS_VERSION_HEADER.lower().encode(), TUS_VERSION.encode())
             text = f"{TUS_RESUMABLE} must be {TUS_VERSION}"
-            await _refuse(send_with_version, scope["method"], 412, text, version)
+            await send_text(send_with_version, scope["method"], 412, text, version)
             return
         await self.app(scope, receive, send_with_version)
 
 
-async def _refuse(send: Send, method: str, status: int, text: str, *extra: tuple[bytes, bytes]) -> None:
+async def send_text(send: Send, method: str, status: int, text: str, *extra: tuple[bytes, bytes]) -> None:
+    """A complete short `text/plain` response (its body left out for HEAD)."""
     body = f"{text}\n".encode()
     headers = [
         *extra,

@@ -229,7 +229,7 @@ class WritePipeline:
         if committed is None:
             return None
         run.lease.move(LeaseState.RELEASED)
-        if committed.offset != before.offset:
+        if self.hooks.reports_progress and committed.offset != before.offset:
             self.hooks.progressed(committed, self.storage.describe(committed), run.request)
         if completing:
             await self.storage.finish(committed)  # only the request that completed it gets here: once
@@ -349,7 +349,8 @@ class _Run:
             return
         self.lease.renewed(sent_at)
         self.upload, self.checkpointed = committed, result.written
-        pipeline.hooks.progressed(committed, pipeline.storage.describe(committed), self.request)
+        if pipeline.hooks.reports_progress:
+            pipeline.hooks.progressed(committed, pipeline.storage.describe(committed), self.request)
 
     def tick(self, now: float) -> None:
         """About once a second, from the lease keeper: a silent client times out; a slow one gets
