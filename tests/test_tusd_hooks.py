@@ -347,3 +347,19 @@ def test_post_receive_reports_progress_of_a_slow_patch(tmp_path: Path, database_
     offsets = [item.upload["Offset"] for item in receiver.of_type("post-receive")]
     assert len(set(offsets)) >= 3  # progress during the body, not only at its end
     assert max(offsets) == 40  # (best effort: sent in the background, so not necessarily in order)
+
+
+def test_an_unreachable_blocking_hook_answers_503(tmp_path: Path, database_url: str) -> None:
+    receiver = HookReceiver()
+    receiver.failing_until = float("inf")  # pre-create answers 500: the hook has failed, not refused
+    server = ServerProcess(tmp_path / "data", database_url, extra_args=["--hooks-http", receiver.url])
+    server.start()
+    try:
+        answer = httpx.post(server.url, headers={**TUS, "Upload-Length": "5"})
+    finally:
+        server.stop()
+        receiver.close()
+    assert answer.status_code == 503
+    assert answer.headers["Retry-After"].isdigit()
+    assert answer.text.strip() == "the pre-create hook is unavailable, retry later"
+    assert list((server.data_dir / "uploads").iterdir()) == []

@@ -34,16 +34,6 @@ BLOCKING = frozenset({EventType.PRE_ACCESS, EventType.PRE_CREATE, EventType.PRE_
 """Awaited inline: the hook's answer decides the request's."""
 DURABLE = frozenset({EventType.POST_CREATE, EventType.POST_FINISH, EventType.POST_TERMINATE})
 """Written to the outbox with the state change: delivered at least once."""
-TUSD_DEFAULT_EVENTS = frozenset(
-    {
-        EventType.PRE_CREATE,
-        EventType.POST_CREATE,
-        EventType.POST_RECEIVE,
-        EventType.POST_TERMINATE,
-        EventType.POST_FINISH,
-    }
-)
-"""tusd's default `-hooks-enabled-events`."""
 
 
 @dataclass(frozen=True)
