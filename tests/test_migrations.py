@@ -48,6 +48,6 @@ async def test_upgrade_downgrade_upgrade_matches_schema(empty_database_url: str)
         async with engine.connect() as connection:
             assert await connection.run_sync(_diff) == []
             version = await connection.scalar(sa.text("SELECT version_num FROM alembic_version"))
-        assert version == "0002"
+        assert version == "0003"
     finally:
         await engine.dispose()

@@ -94,7 +94,7 @@ class Settings:
     """URL that receives tusd v2 HTTP hooks (blocking pre-hooks and durable post-hooks)."""
     hooks_enabled_events: str = "pre-create,post-create,post-receive,post-terminate,post-finish"
     """Comma-separated hook events sent to `hooks_http` (tusd's default set; add `pre-access`,
-    `pre-terminate` as needed)."""
+    `pre-finish`, `pre-terminate` as needed)."""
     hooks_http_forward_headers: str = ""
     """Comma-separated request headers copied onto each hook request."""
     hooks_secret: str | None = None

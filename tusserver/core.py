@@ -48,10 +48,20 @@ class Upload:
     completed_at: datetime | None = None
     storage: Mapping[str, str] = field(default_factory=dict)
     """Backend-owned state (e.g. an S3 multipart upload ID); opaque to everything but the backend."""
+    owner: str | None = None
+    """Who the upload belongs to, as the pre-create hook said (None: nobody in particular)."""
+    rejected_status: int | None = None
+    """Set when a pre-finish hook refused the complete upload: the status every request then gets."""
+    rejected_reason: str | None = None
+    """The refusing hook's message."""
 
     @property
     def is_complete(self) -> bool:
         return self.length is not None and self.offset == self.length
+
+    @property
+    def is_rejected(self) -> bool:
+        return self.rejected_status is not None
 
     @property
     def is_partial(self) -> bool:

@@ -44,6 +44,15 @@ class UploadNotFound(TusError):
         self.upload_id = upload_id
 
 
+class UploadRejected(TusError):
+    """A pre-finish hook refused the complete upload: the finishing request, and every later one but
+    DELETE, get the hook's status and message."""
+
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message, headers)
+        self.status = status
+
+
 class MethodNotAllowed(TusError):
     """The route exists but does not take this method (405)."""
 

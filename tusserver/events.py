@@ -25,12 +25,15 @@ class EventType(StrEnum):
     PRE_CREATE = "pre-create"
     POST_CREATE = "post-create"
     POST_RECEIVE = "post-receive"
+    PRE_FINISH = "pre-finish"
     POST_FINISH = "post-finish"
     PRE_TERMINATE = "pre-terminate"
     POST_TERMINATE = "post-terminate"
 
 
-BLOCKING = frozenset({EventType.PRE_ACCESS, EventType.PRE_CREATE, EventType.PRE_TERMINATE})
+BLOCKING = frozenset(
+    {EventType.PRE_ACCESS, EventType.PRE_CREATE, EventType.PRE_FINISH, EventType.PRE_TERMINATE}
+)
 """Awaited inline: the hook's answer decides the request's."""
 DURABLE = frozenset({EventType.POST_CREATE, EventType.POST_FINISH, EventType.POST_TERMINATE})
 """Written to the outbox with the state change: delivered at least once."""
@@ -86,6 +89,7 @@ def _snapshot(upload: Upload, storage: Mapping[str, str]) -> dict[str, Any]:
         "created_at": upload.created_at.isoformat(),
         "updated_at": upload.updated_at.isoformat(),
         "completed_at": _iso(upload.completed_at),
+        "owner": upload.owner,
         "location": dict(storage),
     }
 
@@ -94,8 +98,9 @@ _NO_REQUEST: dict[str, Any] = {"Method": "", "URI": "", "RemoteAddr": "", "Heade
 
 
 def _upload_json(upload: Upload, storage: Mapping[str, str]) -> dict[str, Any]:
+    """tusd's `FileInfo`, plus `Owner` and `Rejected` (by a pre-finish hook) only when they are set."""
     concat = parse_concat(upload.concat) if upload.concat else None
-    return {
+    described: dict[str, Any] = {
         "ID": upload.id,
         "Size": upload.length if upload.length is not None else 0,
         "SizeIsDeferred": upload.length is None,
@@ -106,6 +111,11 @@ def _upload_json(upload: Upload, storage: Mapping[str, str]) -> dict[str, Any]:
         "PartialUploads": list(concat.parts) if concat and concat.is_final else None,
         "Storage": _tusd_storage(storage),
     }
+    if upload.owner is not None:
+        described["Owner"] = upload.owner
+    if upload.is_rejected:
+        described["Rejected"] = {"StatusCode": upload.rejected_status, "Reason": upload.rejected_reason or ""}
+    return described
 
 
 def _tusd_storage(storage: Mapping[str, str]) -> dict[str, str]:
@@ -139,5 +149,6 @@ def finish_event(payload: Mapping[str, Any]) -> FinishEvent:
         created_at=datetime.fromisoformat(snapshot["created_at"]),
         updated_at=datetime.fromisoformat(snapshot["updated_at"]),
         completed_at=datetime.fromisoformat(completed) if completed else None,
+        owner=snapshot.get("owner"),
     )
     return FinishEvent(upload, dict(metadata_text(upload.metadata)), dict(snapshot["location"]))

@@ -229,12 +229,19 @@ def _body(request: Request) -> Body:
 
 
 async def _pre_access(request: Request, upload_id: str) -> None:
-    """The pre-access hook, if one listens: before any state is read or changed, or a byte read."""
-    hooks = _service(request).hooks
-    if hooks.wants(EventType.PRE_ACCESS):
+    """The pre-access hook, if one listens: before any state is changed or a byte read. It sees the
+    upload as stored (its owner, metadata, offset; 404 first for an unknown one), or an empty one for
+    a POST."""
+    service = _service(request)
+    if not service.hooks.wants(EventType.PRE_ACCESS):
+        return
+    if upload_id:
+        known = await service.records.get(upload_id)
+        where = service.storage.describe(known)
+    else:
         now = utcnow()
-        known = Upload(id=upload_id, offset=0, length=None, created_at=now, updated_at=now)
-        await hooks.before(EventType.PRE_ACCESS, known, {}, request_info(request))
+        known, where = Upload(id="", offset=0, length=None, created_at=now, updated_at=now), {}
+    await service.hooks.before(EventType.PRE_ACCESS, known, where, request_info(request))
 
 
 def _for_hooks(request: Request) -> RequestInfo | None:

@@ -4,9 +4,9 @@
 - `durable(kind, ...)` gives the outbox inserts for every receiver of a durable event, which
   `UploadRecords` runs in the transaction of the state change (see `outbox.py`); `committed()` then
   wakes the dispatcher, so delivery starts at once in the normal case.
-- `before(kind, ...)` runs a blocking hook (pre-access, pre-create, pre-terminate) inline: its answer
-  may refuse the request (`HookRejected`, with the hook's status, body and headers) or, for
-  pre-create, change the new upload's ID and metadata.
+- `before(kind, ...)` runs a blocking hook (pre-access, pre-create, pre-finish, pre-terminate) inline:
+  its answer may refuse the request (`HookRejected`, with the hook's status, body and headers) or, for
+  pre-create, change the new upload's ID and metadata and name its owner.
 
 Receivers: `--on-finish package.module:function` (a Python callable, post-finish), `--webhook-url`
 (tusserver's JSON, post-finish), `--hooks-http` (tusd v2's hook protocol, see `tusd_hooks.py`) and
@@ -68,6 +68,8 @@ class HookAnswer:
     headers: Mapping[str, str] = field(default_factory=dict)
     new_id: str | None = None
     new_metadata: Mapping[str, str] | None = None
+    owner: str | None = None
+    """pre-create: who the new upload belongs to (its `owner`, shown to pre-access hooks)."""
 
 
 class BlockingHooks(Protocol):
@@ -117,8 +119,8 @@ class HookEvent:
     id: str
     type: EventType
     upload: Upload
-    """For pre-create: the upload about to be created (its `id` is still empty); for pre-access: only
-    its `id` (empty for a POST), nothing is read from the database before access is granted."""
+    """For pre-create: the upload about to be created (its `id` is still empty); for pre-access: the
+    upload as stored (with its `owner`), or an empty one for a POST."""
     metadata: Mapping[str, str]
     storage: Mapping[str, str]
     request: RequestInfo | None
@@ -128,7 +130,7 @@ class PythonHooks:
     """`--hooks-python package.module:object`: an object with a method per event it wants, named
     after the event (`pre_create`, `post_finish`, ...), sync (run in a worker thread) or async. A
     blocking method refuses by returning `HookAnswer(reject=True, ...)` or raising `HookRejected`;
-    pre-create may return `HookAnswer(new_id=..., new_metadata=...)`."""
+    pre-create may return `HookAnswer(new_id=..., new_metadata=..., owner=...)`."""
 
     def __init__(self, target: object) -> None:
         self._target = target
@@ -301,6 +303,7 @@ class Hooks:
             merged = HookAnswer(
                 new_id=answer.new_id or merged.new_id,
                 new_metadata=answer.new_metadata if answer.new_metadata is not None else merged.new_metadata,
+                owner=answer.owner or merged.owner,
             )
         return merged
 

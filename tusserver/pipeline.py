@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -44,13 +44,15 @@ from tusserver.errors import (
     TooLarge,
     TusError,
     UploadGone,
+    UploadRejected,
 )
 from tusserver.events import EventType, RequestInfo
-from tusserver.hooks import Hooks
+from tusserver.hooks import HookRejected, Hooks
 from tusserver.locking import Lease, LeaseState, UploadLocks
 from tusserver.policy import Policy, is_expired
-from tusserver.protocol import UPLOAD_OFFSET, Checksum, parse_checksum
+from tusserver.protocol import UPLOAD_LENGTH, UPLOAD_OFFSET, Checksum, parse_checksum
 from tusserver.records import UploadRecords
+from tusserver.statements import RETRY_AFTER_SECONDS
 
 log = logging.getLogger(__name__)
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -156,6 +158,8 @@ class WritePipeline:
             upload = lease.upload
             if is_expired(upload, utcnow()):
                 raise UploadGone("upload expired")
+            if upload.is_rejected:
+                raise rejection(upload)
             if upload.is_final:
                 raise Forbidden("cannot PATCH a final upload of a concatenation")
             if offset != upload.offset:
@@ -209,18 +213,24 @@ class WritePipeline:
             return Outcome(run.upload, unavailable)  # what the last checkpoint committed still holds
         if upload is None:
             return Outcome(run.upload, LeaseLost("another request took over this upload; resume with HEAD"))
+        if run.refused is not None:
+            return Outcome(upload, run.refused)
         return Outcome(upload, problem or _stop_problem(stopped, upload, run))
 
     async def _commit(self, run: _Run, result: WriteResult) -> Upload | None:
         """The compare-and-set that makes the stored bytes count (with the post-finish events if it
-        completes the upload, in the same transaction), then `finish`."""
+        completes the upload, in the same transaction), then `finish`. A completing commit first asks
+        the pre-finish hook: a refusal is committed with the bytes (complete but rejected, no
+        post-finish); a hook that cannot be reached commits nothing of this body (503)."""
         before = run.upload
         upload = self.policy.advanced(before, result.written - run.checkpointed, utcnow())
         upload = replace(upload, storage={**before.storage, **result.storage})
         completing = upload.completed_at is not None and before.completed_at is None
+        if completing:
+            upload, run.refused = await self.pre_finish(upload, run.request)
         events = (
             self.hooks.durable(EventType.POST_FINISH, upload, self.storage.describe(upload), run.request)
-            if completing
+            if completing and not upload.is_rejected
             else ()
         )
         committed = await self.records.commit(
@@ -236,6 +246,26 @@ class WritePipeline:
             log.info("upload_finished upload_id=%s length=%s", committed.id, committed.length)
             self.hooks.committed()
         return committed
+
+    async def pre_finish(
+        self, upload: Upload, request: RequestInfo | None
+    ) -> tuple[Upload, UploadRejected | None]:
+        """The pre-finish hook on an upload whose last byte is stored but not yet committed: the
+        upload, marked rejected with the hook's status and message if it refused, and the answer
+        to that request (with the hook's headers)."""
+        try:
+            await self.hooks.before(EventType.PRE_FINISH, upload, self.storage.describe(upload), request)
+        except HookRejected as refusal:
+            refused = replace(upload, rejected_status=refusal.status, rejected_reason=refusal.message)
+            return refused, rejection(refused, refusal.headers)
+        except TusError:
+            raise
+        except Exception:
+            log.exception("hook_failed type=pre-finish upload_id=%s", upload.id)
+            raise ServiceUnavailable(
+                "the pre-finish hook failed, retry later", {"Retry-After": RETRY_AFTER_SECONDS}
+            ) from None
+        return upload, None
 
     def _declare_length(self, upload: Upload, length: int) -> Upload:
         """creation-defer-length: set the length once; repeating the same value is harmless (D-5)."""
@@ -275,6 +305,8 @@ class _Run:
         self.received = 0
         self.checkpointed = 0
         self.failure: TusError | None = None
+        self.refused: UploadRejected | None = None
+        """The pre-finish hook's refusal of the upload this body completed."""
         every = None if hasher is not None else pipeline.policy.commit_every
         self.every = every
         self.next_checkpoint = time.monotonic() + every if every else float("inf")
@@ -369,6 +401,16 @@ class _Run:
         except TusError as problem:
             self.failure = self.failure or problem
             return self.writer.result()
+
+
+def rejection(upload: Upload, extra: Mapping[str, str] | None = None) -> UploadRejected:
+    """The answer for an upload a pre-finish hook refused, with the offset it reached (and `extra`
+    headers: the hook's own, for the request it refused)."""
+    message = upload.rejected_reason or "upload rejected by the pre-finish hook"
+    headers = {**(extra or {}), UPLOAD_OFFSET: str(upload.offset)}
+    if upload.length is not None:
+        headers[UPLOAD_LENGTH] = str(upload.length)
+    return UploadRejected(upload.rejected_status or 400, message, headers)
 
 
 def _checksum_problem(checksum: Checksum, run: _Run, stopped: LeaseState) -> TusError | None:

@@ -31,6 +31,7 @@ _t = upload_table.c
 _UPLOAD_COLUMNS = (
     _t.id, _t.offset, _t.length, _t.metadata, _t.concat, _t.storage,
     _t.created_at, _t.updated_at, _t.expires_at, _t.completed_at,
+    _t.owner, _t.rejected_status, _t.rejected_reason,
 )  # fmt: skip
 _RENEW_BATCH = 500  # owners per renewal statement (well under every backend's bound-parameter limit)
 _p = sa.bindparam
@@ -53,7 +54,7 @@ _EXISTS = sa.select(_t.id).where(_ID)
 _ACQUIRE = (
     sa.update(upload_table)
     .where(_ID, _FREE)
-    .values(lock_owner=_p("owner"), lock_expires_at=_TTL, release_requested=False)
+    .values(lock_owner=_p("holder"), lock_expires_at=_TTL, release_requested=False)
     .returning(*_UPLOAD_COLUMNS)
 )
 _ASK_RELEASE = sa.update(upload_table).where(_ID, _t.lock_owner.is_not(None)).values(release_requested=True)
@@ -63,16 +64,20 @@ _RENEW = (
     .values(lock_expires_at=_TTL)
     .returning(_t.lock_owner, _t.release_requested)
 )
-_OWNED = sa.and_(_ID, _t.lock_owner == _p("owner"))
+_OWNED = sa.and_(_ID, _t.lock_owner == _p("holder"))
 _RELEASE = (
     sa.update(upload_table)
     .where(_OWNED)
     .values(lock_owner=None, lock_expires_at=None, release_requested=False)
 )
 _PROGRESS = {
-    name: _set(name) for name in ("offset", "length", "updated_at", "expires_at", "completed_at", "storage")
-}
-_COMMIT_WHERE = (_ID, _t.offset == _p("old_offset"), _t.lock_owner == _p("owner"))
+    name: _set(name)
+    for name in (
+        "offset", "length", "updated_at", "expires_at", "completed_at", "storage",
+        "rejected_status", "rejected_reason",
+    )
+}  # fmt: skip
+_COMMIT_WHERE = (_ID, _t.offset == _p("old_offset"), _t.lock_owner == _p("holder"))
 _COMMIT_RELEASE = (
     sa.update(upload_table)
     .where(*_COMMIT_WHERE)
@@ -175,7 +180,7 @@ class UploadRecords:
         between hosts cannot hand a live lease to a second writer): the upload, or None while someone
         else holds it. With `ask_holder`, a refused request also asks the holder to let go (takeover).
         Raises `UploadNotFound` for an unknown upload."""
-        rows = await self._rows(_ACQUIRE, upload_id=upload_id, owner=owner, ttl=ttl)
+        rows = await self._rows(_ACQUIRE, upload_id=upload_id, holder=owner, ttl=ttl)
         if rows:
             return _to_upload(rows[0])
         asked = ask_holder and await self._count(_ASK_RELEASE, upload_id=upload_id) > 0
@@ -198,7 +203,7 @@ class UploadRecords:
         return answers
 
     async def release(self, upload_id: str, owner: str) -> None:
-        await self._count(_RELEASE, upload_id=upload_id, owner=owner)
+        await self._count(_RELEASE, upload_id=upload_id, holder=owner)
 
     async def commit(
         self,
@@ -217,7 +222,7 @@ class UploadRecords:
         back), or None if that no longer holds."""
         params = {
             "upload_id": upload.id,
-            "owner": owner,
+            "holder": owner,
             "old_offset": old_offset,
             "ttl": ttl,
             "set_offset": upload.offset,
@@ -226,6 +231,8 @@ class UploadRecords:
             "set_expires_at": upload.expires_at,
             "set_completed_at": upload.completed_at,
             "set_storage": dict(upload.storage),
+            "set_rejected_status": upload.rejected_status,
+            "set_rejected_reason": upload.rejected_reason,
         }
         changed = await self._run(_COMMIT_RELEASE if release else _COMMIT_KEEP, params, events)
         return upload if changed else None
@@ -254,4 +261,4 @@ class UploadRecords:
     async def delete(self, upload_id: str, owner: str, events: Sequence[Step] = ()) -> bool:
         """Delete the row if `owner` holds its lease (with the outbox rows of `events`); False if it
         did not."""
-        return await self._run(_DELETE, {"upload_id": upload_id, "owner": owner}, events) > 0
+        return await self._run(_DELETE, {"upload_id": upload_id, "holder": owner}, events) > 0

@@ -60,6 +60,9 @@ upload_table = sa.Table(
     sa.Column("lock_owner", sa.String(128), nullable=True),
     sa.Column("lock_expires_at", UTCDateTime, nullable=True),
     sa.Column("release_requested", sa.Boolean, nullable=False),
+    sa.Column("owner", sa.String(255), nullable=True),  # who may access it, as the pre-create hook said
+    sa.Column("rejected_status", sa.Integer, nullable=True),  # a pre-finish hook refused it: its status
+    sa.Column("rejected_reason", sa.Text, nullable=True),
 )
 
 

@@ -2,9 +2,10 @@
 
 Each hook is a POST of `{"Type": "post-finish", "Event": {"Upload": {...}, "HTTPRequest": {...}}}`
 (see `events.py`). For a blocking hook the receiver answers `200` with a JSON object that may hold
-`RejectUpload` (pre-create), `RejectTermination` (pre-terminate), `RejectAccess` (pre-access, our
-addition), `HTTPResponse` (`StatusCode`, `Body`, `Header`: the answer to the client when rejecting)
-and `ChangeFileInfo` (`ID`, `MetaData`: pre-create); an empty answer accepts. A receiver that cannot
+`RejectUpload` (pre-create, pre-finish), `RejectTermination` (pre-terminate), `RejectAccess`
+(pre-access, our addition), `HTTPResponse` (`StatusCode`, `Body`, `Header`: the answer to the client
+when rejecting) and `ChangeFileInfo` (`ID`, `MetaData`, and our `Owner`: pre-create); an empty answer
+accepts. A receiver that cannot
 be reached or answers anything but 2xx fails the hook: a blocking hook then answers the client `503`
 + `Retry-After`, a durable one is retried.
 
@@ -102,6 +103,7 @@ def _answer(kind: EventType, response: httpx.Response) -> HookAnswer:
     change = _fields(answer.get("changefileinfo"))
     reject_flag = {
         EventType.PRE_CREATE: "rejectupload",
+        EventType.PRE_FINISH: "rejectupload",
         EventType.PRE_TERMINATE: "rejecttermination",
         EventType.PRE_ACCESS: "rejectaccess",
     }.get(kind)
@@ -115,6 +117,7 @@ def _answer(kind: EventType, response: httpx.Response) -> HookAnswer:
         headers={str(name): str(value) for name, value in headers.items()},
         new_id=str(change["id"]) if change.get("id") else None,
         new_metadata={str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else None,
+        owner=str(change["owner"]) if change.get("owner") else None,
     )
 
 

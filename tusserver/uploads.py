@@ -24,7 +24,7 @@ from tusserver.errors import (
 from tusserver.events import EventType, RequestInfo
 from tusserver.hooks import HookAnswer, Hooks
 from tusserver.locking import LeaseState, UploadLocks
-from tusserver.pipeline import Body, WritePipeline
+from tusserver.pipeline import Body, WritePipeline, rejection
 from tusserver.policy import Policy, is_expired
 from tusserver.protocol import Concat, encode_metadata
 from tusserver.records import UploadRecords
@@ -63,13 +63,14 @@ class UploadService:
         self.pipeline = WritePipeline(records, storage, locks, policy, hooks, network_timeout)
 
     async def get(self, upload_id: str) -> Upload:
-        """The upload as committed; 404 if unknown, 410 if expired (E-7, even before cleanup ran)."""
-        return _alive(await self.records.get(upload_id))
+        """The upload as committed; 404 if unknown, 410 if expired (E-7, even before cleanup ran), the
+        pre-finish hook's answer if it refused the upload."""
+        return _accepted(_alive(await self.records.get(upload_id)))
 
     async def status(self, upload_id: str) -> Upload:
         """HEAD: like `get`, but a request still writing is asked to finish first, so the offset
         includes what it received (a client resuming after a dropped connection, L-2, I-16)."""
-        return _alive(await self.locks.wait_until_free(upload_id))
+        return _accepted(_alive(await self.locks.wait_until_free(upload_id)))
 
     async def create(self, request: NewUpload, body: Body | None, http: RequestInfo | None = None) -> Upload:
         """Create an upload; with a body, append it at offset 0 (creation-with-upload). Once the row
@@ -108,8 +109,8 @@ class UploadService:
             await self._create_storage(upload)
             outcome = await self.pipeline.receive(lease, upload, body)
         problem = outcome.problem
-        if problem is not None and problem.status in _REFUSED_BODY:
-            await self._forget(upload)  # the client's own mistake: create nothing (CU-7)
+        if problem is not None and (problem.status in _REFUSED_BODY or outcome.upload.is_rejected):
+            await self._forget(upload)  # the client's own mistake, or refused whole: create nothing (CU-7)
             raise problem
         if problem is not None:
             log.info("upload_body_incomplete upload_id=%s problem=%s", upload.id, problem.message)
@@ -127,13 +128,6 @@ class UploadService:
             await self._forget(upload)
             raise
 
-    async def _pre_create(self, upload: Upload, http: RequestInfo | None) -> Upload:
-        """The pre-create hook sees the upload without an ID yet (as in tusd) and may refuse it, or
-        change its ID and metadata."""
-        return _changed(
-            upload, await self.hooks.before(EventType.PRE_CREATE, replace(upload, id=""), {}, http)
-        )
-
     def _created(self, upload: Upload, http: RequestInfo | None) -> list[Step]:
         """Outbox rows of a new upload: post-create, and post-finish if it is complete at birth."""
         events = self.hooks.durable(EventType.POST_CREATE, upload, self.storage.describe(upload), http)
@@ -143,7 +137,7 @@ class UploadService:
 
     async def _add_empty(self, upload: Upload, http: RequestInfo | None) -> Upload:
         if upload.length == 0:  # nothing to wait for: complete at birth (CR-6)
-            upload = self.policy.advanced(upload, 0, upload.created_at)
+            upload = await self._finished_at_birth(self.policy.advanced(upload, 0, upload.created_at), http)
         await self.records.add(upload, events=self._created(upload, http))
         await self._create_storage(upload)
         log.info("upload_created upload_id=%s length=%s", upload.id, upload.length)
@@ -182,6 +176,11 @@ class UploadService:
             upload, await self.hooks.before(EventType.PRE_CREATE, replace(upload, id=""), {}, http)
         )
         await self.storage.concatenate(upload, parts)  # the row comes last: nothing half-assembled counts
+        try:
+            upload = await self._finished_at_birth(upload, http)
+        except TusError:
+            await self.storage.delete(upload)
+            raise
         await self.records.add(upload, events=self._created(upload, http))
         log.info("upload_concatenated upload_id=%s parts=%d length=%d", upload.id, len(parts), length)
         self.hooks.committed()
@@ -189,6 +188,16 @@ class UploadService:
             for part_id in dict.fromkeys(part.id for part in parts):  # each once, in order
                 await self._remove_partial(part_id)
         return upload
+
+    async def _finished_at_birth(self, upload: Upload, http: RequestInfo | None) -> Upload:
+        """An upload complete when created (empty, or an assembled final) passes the pre-finish hook
+        before its row exists: a refusal creates nothing and answers the hook's status."""
+        if not self.hooks.wants(EventType.PRE_FINISH):
+            return upload
+        checked, refused = await self.pipeline.pre_finish(upload, http)
+        if refused is not None:
+            raise refused
+        return checked
 
     async def _remove_partial(self, upload_id: str) -> None:
         """Delete a partial the final upload no longer needs; one that cannot be deleted now (held,
@@ -248,6 +257,16 @@ def _changed(upload: Upload, answer: HookAnswer) -> Upload:
             upload = replace(upload, id=answer.new_id)
     if answer.new_metadata is not None:
         upload = replace(upload, metadata=encode_metadata(answer.new_metadata))
+    if answer.owner is not None:
+        upload = replace(upload, owner=answer.owner)
+    return upload
+
+
+def _accepted(upload: Upload) -> Upload:
+    """A pre-finish hook's refusal answers every later request but DELETE as it answered the
+    finishing one."""
+    if upload.is_rejected:
+        raise rejection(upload)
     return upload
 
 
