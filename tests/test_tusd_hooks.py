@@ -349,6 +349,41 @@ def test_post_receive_reports_progress_of_a_slow_patch(tmp_path: Path, database_
     assert max(offsets) == 40  # (best effort: sent in the background, so not necessarily in order)
 
 
+def test_post_receive_stop_upload_ends_the_patch_and_terminates(tmp_path: Path, database_url: str) -> None:
+    """tusd's `StopUpload`: the PATCH writing the upload ends with the hook's answer, and the upload
+    is terminated (its bytes and row are gone, post-terminate is sent)."""
+
+    def quota(request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if request["Type"] == "post-receive" and request["Event"]["Upload"]["Offset"] > 0:
+            return 200, {"StopUpload": True, "HTTPResponse": {"StatusCode": 400, "Body": "quota exceeded"}}
+        return 200, {}
+
+    receiver = HookReceiver(quota)
+    flags = ["--hooks-http", receiver.url, "--hooks-enabled-events", "post-receive,post-terminate"]
+    timing = ["--commit-interval", "0.3", "--progress-interval", "0.3"]
+    server = ServerProcess(tmp_path / "data", database_url, extra_args=[*flags, *timing])
+    server.start()
+    try:
+        url = httpx.post(server.url, headers={**TUS, "Upload-Length": "100"}).headers["Location"]
+
+        def trickle() -> Iterator[bytes]:
+            for _ in range(20):  # 100 bytes over about 6 s: stopped well before the end
+                yield b"12345"
+                time.sleep(0.3)
+
+        stopped = httpx.patch(
+            url, content=trickle(), headers={**OCTETS, "Upload-Offset": "0", "Content-Length": "100"}
+        )
+        assert (stopped.status_code, stopped.text.strip()) == (400, "quota exceeded")
+        assert httpx.head(url, headers=TUS).status_code == 404
+        assert list((server.data_dir / "uploads").iterdir()) == []
+        _wait_until(lambda: receiver.of_type("post-terminate"), what="post-terminate")
+        assert receiver.of_type("post-terminate")[0].upload["Offset"] < 100  # stopped mid-body
+    finally:
+        server.stop()
+        receiver.close()
+
+
 def test_an_unreachable_blocking_hook_answers_503(tmp_path: Path, database_url: str) -> None:
     receiver = HookReceiver()
     receiver.failing_until = float("inf")  # pre-create answers 500: the hook has failed, not refused

@@ -53,6 +53,20 @@ class UploadRejected(TusError):
         self.status = status
 
 
+class UploadStopped(TusError):
+    """A post-receive hook stopped the upload while this request was writing it (tusd's
+    `StopUpload`): the request answers 400 (or the hook's status) and the upload is terminated."""
+
+    def __init__(
+        self,
+        message: str = "upload has been stopped by server",
+        headers: Mapping[str, str] | None = None,
+        status: int = 400,
+    ) -> None:
+        super().__init__(message, headers)
+        self.status = status
+
+
 class MethodNotAllowed(TusError):
     """The route exists but does not take this method (405)."""
 

@@ -139,7 +139,7 @@ async def patch(request: Request, upload_id: str) -> Response:
     require_offset_stream(headers.get(CONTENT_TYPE))
     offset = parse_offset(headers.get(UPLOAD_OFFSET))
     declared = parse_size(headers.get(UPLOAD_LENGTH), UPLOAD_LENGTH)
-    upload = await _service(request).pipeline.append(upload_id, offset, _body(request), declared)
+    upload = await _service(request).append(upload_id, offset, _body(request), declared)
     return Response(status_code=204, headers=_progress_headers(upload))
 
 

@@ -70,6 +70,9 @@ class HookAnswer:
     new_metadata: Mapping[str, str] | None = None
     owner: str | None = None
     """pre-create: who the new upload belongs to (its `owner`, shown to pre-access hooks)."""
+    stop: bool = False
+    """post-receive: stop the request writing this upload and terminate the upload (tusd's
+    `StopUpload`); `status`, `body` and `headers` then answer that request."""
 
 
 class BlockingHooks(Protocol):
@@ -204,7 +207,7 @@ class Hooks:
         self,
         routes: Mapping[str, Route] | None = None,
         blocking: Sequence[tuple[BlockingHooks, frozenset[EventType]]] = (),
-        progress: Sequence[Sink] = (),
+        progress: Sequence[BlockingHooks] = (),
         progress_interval: float = 1.0,
     ) -> None:
         self.routes = dict(routes or {})
@@ -214,6 +217,8 @@ class Hooks:
         self._last_progress: dict[str, float] = {}
         self._progress_tasks: set[asyncio.Task[None]] = set()
         self._dispatcher: Dispatcher | None = None
+        self.stop_upload: Callable[[str, HookAnswer], object] | None = None
+        """Set by the upload service: stops a request writing an upload when post-receive says so."""
 
     @property
     def sinks(self) -> dict[str, Sink]:
@@ -275,13 +280,16 @@ class Hooks:
             self._progress_tasks.add(task)
             task.add_done_callback(self._progress_tasks.discard)
 
-    async def _send_progress(self, sink: Sink, payload: Mapping[str, Any]) -> None:
+    async def _send_progress(self, receiver: BlockingHooks, payload: Mapping[str, Any]) -> None:
+        upload_id = payload["Upload"]["ID"]
         try:
-            await sink.deliver(payload)
+            answer = await receiver.call(EventType.POST_RECEIVE, payload)
         except Exception as exc:
-            log.info(
-                "hook_progress_dropped upload_id=%s error=%s", payload["Upload"]["ID"], type(exc).__name__
-            )
+            log.info("hook_progress_dropped upload_id=%s error=%s", upload_id, type(exc).__name__)
+            return
+        if answer.stop and self.stop_upload is not None:
+            log.info("hook_stopped_upload upload_id=%s", upload_id)
+            self.stop_upload(upload_id, answer)
 
     async def before(
         self, kind: EventType, upload: Upload, storage: Mapping[str, str], request: RequestInfo | None

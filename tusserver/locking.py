@@ -7,7 +7,8 @@ lease that is not renewed expires after `ttl` seconds by the database's clock, s
 wedges an upload.
 
 A lease is a small state machine (`LeaseState`): HELD, then at most one reason to stop early
-(TAKEOVER by another request, SHUTDOWN of this process, TIMED_OUT client, LOST lease), then RELEASED.
+(TAKEOVER by another request, SHUTDOWN of this process, TIMED_OUT client, LOST lease, STOPPED by a
+post-receive hook), then RELEASED.
 The writer is told through `Lease.on_stop`. A request that finds an upload taken asks the holder to let
 go (directly when the holder runs in this process, through `release_requested` in the row otherwise)
 and waits, on the holder's release event or by polling the row with backoff, for up to `wait_timeout`
@@ -33,7 +34,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from tusserver.core import Upload
-from tusserver.errors import ServiceUnavailable, UploadLocked
+from tusserver.errors import ServiceUnavailable, UploadLocked, UploadStopped
 from tusserver.records import UploadRecords
 
 log = logging.getLogger(__name__)
@@ -56,12 +57,15 @@ class LeaseState(enum.Enum):
     """The client sent nothing for the network timeout: stop, commit what arrived, answer 408."""
     LOST = "lost"
     """The lease is gone or can no longer be trusted: stop before another byte reaches storage."""
+    STOPPED = "stopped"
+    """A post-receive hook stopped the upload: stop, answer with `Lease.stopped_by`, terminate it."""
     RELEASED = "released"
 
 
 _S = LeaseState
 _LEGAL: dict[LeaseState, frozenset[LeaseState]] = {
-    _S.HELD: frozenset({_S.TAKEOVER, _S.SHUTDOWN, _S.TIMED_OUT, _S.LOST, _S.RELEASED}),
+    _S.HELD: frozenset({_S.TAKEOVER, _S.SHUTDOWN, _S.TIMED_OUT, _S.LOST, _S.STOPPED, _S.RELEASED}),
+    _S.STOPPED: frozenset({_S.LOST, _S.RELEASED}),
     _S.TAKEOVER: frozenset({_S.SHUTDOWN, _S.LOST, _S.RELEASED}),
     _S.TIMED_OUT: frozenset({_S.SHUTDOWN, _S.LOST, _S.RELEASED}),
     _S.SHUTDOWN: frozenset({_S.LOST, _S.RELEASED}),
@@ -90,6 +94,8 @@ class Lease:
     on_tick: Callable[[float], None] = _ignore
     """Called by the keeper about once a second with the monotonic time (idle and checkpoint checks)."""
     freed: asyncio.Event = field(default_factory=asyncio.Event)
+    stopped_by: UploadStopped | None = None
+    """The answer of a request whose upload a post-receive hook stopped (state STOPPED)."""
 
     def __post_init__(self) -> None:
         self.renewed(time.monotonic())
@@ -186,6 +192,15 @@ class UploadLocks:
             delay = min(delay * 2, 0.1)
             upload, held = await self._records.get_with_lock(upload_id)
         return upload  # still held after the wait: its committed offset is still a valid answer
+
+    def stop(self, upload_id: str, answer: UploadStopped) -> bool:
+        """A post-receive hook stopped the upload: if a request of this process is writing it, it
+        ends with `answer` (and the upload is terminated). False if none is."""
+        lease = self._local.get(upload_id)
+        if lease is None or lease.state is not LeaseState.HELD:
+            return False
+        lease.stopped_by = answer
+        return lease.move(LeaseState.STOPPED)
 
     def stop_all(self) -> None:
         """Shutdown: ask every request of this process that holds a lease to finish early, and every

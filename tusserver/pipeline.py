@@ -14,6 +14,7 @@ and the answer every way of ending implies:
 | another request took over               | what arrived (no checksum)| 409 + Upload-Offset  |
 | this process is shutting down           | what arrived (no checksum)| 503 + Retry-After    |
 | no bytes for --network-timeout seconds  | what arrived (no checksum)| 408                  |
+| a post-receive hook stopped the upload  | what arrived, then deleted| 400 (the hook's answer)|
 | lease lost or no longer trusted         | nothing it does not own  | 409                   |
 | storage full / failing / file missing   | what reached storage     | 507 / 503 / 410       |
 | body past Upload-Length (no Content-Length) | up to the length     | 204, as tusd          |
@@ -45,6 +46,7 @@ from tusserver.errors import (
     TusError,
     UploadGone,
     UploadRejected,
+    UploadStopped,
 )
 from tusserver.events import EventType, RequestInfo
 from tusserver.hooks import HookRejected, Hooks
@@ -416,7 +418,7 @@ def rejection(upload: Upload, extra: Mapping[str, str] | None = None) -> UploadR
 def _checksum_problem(checksum: Checksum, run: _Run, stopped: LeaseState) -> TusError | None:
     """A checksummed body counts only if it arrived whole and matches (K-5, K-6)."""
     if stopped is not LeaseState.HELD:
-        return _interruption(stopped, run.upload, run.pipeline.network_timeout)
+        return _interruption(stopped, run.upload, run)
     if run.exceeded:
         return TooLarge("body exceeds the upload's length; nothing was stored")
     if run.reader.disconnected:
@@ -432,11 +434,14 @@ def _stop_problem(stopped: LeaseState, upload: Upload, run: _Run) -> TusError | 
         if run.exceeded and upload.length is None:
             return TooLarge(f"body exceeds the maximum size; {upload.offset} bytes are stored")
         return None
-    return _interruption(stopped, upload, run.pipeline.network_timeout)
+    return _interruption(stopped, upload, run)
 
 
-def _interruption(stopped: LeaseState, upload: Upload, network_timeout: float) -> TusError:
+def _interruption(stopped: LeaseState, upload: Upload, run: _Run) -> TusError:
     offset = {UPLOAD_OFFSET: str(upload.offset)}
+    network_timeout = run.pipeline.network_timeout
+    if stopped is LeaseState.STOPPED:
+        return run.lease.stopped_by or UploadStopped()
     if stopped is LeaseState.SHUTDOWN:
         message = f"server shutting down; {upload.offset} bytes are stored, resume elsewhere"
         return ServiceUnavailable(message, {**offset, "Retry-After": "1"})

@@ -29,7 +29,7 @@ from tusserver.hooks import (
     parse_events,
 )
 from tusserver.locking import UploadLocks, instance_name
-from tusserver.outbox import Dispatcher, Outbox, Sink
+from tusserver.outbox import Dispatcher, Outbox
 from tusserver.policy import Policy
 from tusserver.records import UploadRecords
 from tusserver.storage import LocalStorage
@@ -51,7 +51,7 @@ def build_hooks(settings: Settings, python_hooks: object | None = None) -> Hooks
     on_finish = load_callable(settings.on_finish) if settings.on_finish else None
     routes = finish_routes(on_finish, settings.webhook_url, settings.hook_timeout)
     blocking: list[tuple[BlockingHooks, frozenset[EventType]]] = []
-    progress: list[Sink] = []
+    progress: list[BlockingHooks] = []
     if settings.hooks_http:
         events = parse_events(settings.hooks_enabled_events)
         forward = [name.strip() for name in settings.hooks_http_forward_headers.split(",") if name.strip()]

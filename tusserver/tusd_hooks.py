@@ -3,7 +3,8 @@
 Each hook is a POST of `{"Type": "post-finish", "Event": {"Upload": {...}, "HTTPRequest": {...}}}`
 (see `events.py`). For a blocking hook the receiver answers `200` with a JSON object that may hold
 `RejectUpload` (pre-create, pre-finish), `RejectTermination` (pre-terminate), `RejectAccess`
-(pre-access, our addition), `HTTPResponse` (`StatusCode`, `Body`, `Header`: the answer to the client
+(pre-access, our addition), `StopUpload` (post-receive: stop the PATCH writing the upload, then
+terminate it), `HTTPResponse` (`StatusCode`, `Body`, `Header`: the answer to the client
 when rejecting) and `ChangeFileInfo` (`ID`, `MetaData`, and our `Owner`: pre-create); an empty answer
 accepts. A receiver that cannot
 be reached or answers anything but 2xx fails the hook: a blocking hook then answers the client `503`
@@ -118,6 +119,7 @@ def _answer(kind: EventType, response: httpx.Response) -> HookAnswer:
         new_id=str(change["id"]) if change.get("id") else None,
         new_metadata={str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else None,
         owner=str(change["owner"]) if change.get("owner") else None,
+        stop=kind is EventType.POST_RECEIVE and bool(answer.get("stopupload")),
     )
 
 

@@ -20,6 +20,7 @@ from tusserver.errors import (
     UploadGone,
     UploadLocked,
     UploadNotFound,
+    UploadStopped,
 )
 from tusserver.events import EventType, RequestInfo
 from tusserver.hooks import HookAnswer, Hooks
@@ -61,6 +62,26 @@ class UploadService:
         self.hooks = hooks
         self.policy = policy
         self.pipeline = WritePipeline(records, storage, locks, policy, hooks, network_timeout)
+        hooks.stop_upload = self._stop
+
+    def _stop(self, upload_id: str, answer: HookAnswer) -> None:
+        """post-receive said StopUpload: end the request of this process writing the upload."""
+        message = answer.body or "upload has been stopped by server"
+        self.locks.stop(upload_id, UploadStopped(message, answer.headers, answer.status or 400))
+
+    async def append(self, upload_id: str, offset: int, body: Body, declared_length: int | None) -> Upload:
+        """PATCH (the write pipeline's), and the termination of an upload a hook stopped meanwhile."""
+        try:
+            return await self.pipeline.append(upload_id, offset, body, declared_length)
+        except UploadStopped:
+            await self._remove_stopped(upload_id)
+            raise
+
+    async def _remove_stopped(self, upload_id: str) -> None:
+        try:
+            await self.terminate(upload_id)
+        except TusError as exc:
+            log.warning("stopped_upload_not_removed upload_id=%s reason=%s", upload_id, exc.message)
 
     async def get(self, upload_id: str) -> Upload:
         """The upload as committed; 404 if unknown, 410 if expired (E-7, even before cleanup ran), the
