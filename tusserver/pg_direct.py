@@ -2,10 +2,8 @@
 
 SQLAlchemy's async layer costs about as much as the round trip itself per statement (a greenlet
 switch, a pool checkout and result wrapping: ~150 µs here, where asyncpg alone needs ~80 µs for a
-primary-key SELECT). So the hot statements of `records.py` are compiled by SQLAlchemy once, for the
-asyncpg dialect (`prepare`), and then run with asyncpg directly: the SQL text, the order of its
-parameters and the types' own bind and result processors all come from that compilation, so the
-query is still written once, in `records.py`. Anything not prepared (the lease renewal's expanding
+primary-key SELECT). So the hot statements of `records.py` are compiled once for the asyncpg dialect
+(`prepared.plan`) and then run with asyncpg directly. Anything not prepared (the lease renewal's expanding
 IN list, the sweeper's listing) goes through `AsyncRunner`: autocommitted statements on SQLAlchemy's
 async engine, one round trip each instead of BEGIN + statement + COMMIT.
 
@@ -22,14 +20,13 @@ import contextlib
 import json
 import socket
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 import sqlalchemy as sa
-from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from tusserver.prepared import Plan, plan
 from tusserver.statements import Params, Ran, Step, unavailable
 
 Processor = Callable[[Any], Any]
@@ -142,30 +139,6 @@ def keep_alive(connection: asyncpg.Connection) -> None:
                 sock.setsockopt(level, option, value)
 
 
-class Row(dict[str, Any]):
-    """A result row with the access `records.py` uses: `row.name` and `row._mapping`."""
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-    @property
-    def _mapping(self) -> dict[str, Any]:
-        return self
-
-
-@dataclass(frozen=True)
-class _Plan:
-    sql: str
-    names: tuple[str, ...]
-    compiled: sa.engine.Compiled
-    bind: dict[str, Processor]
-    result: dict[str, Processor]
-    returns_rows: bool
-
-
 class DirectRunner:
     """Prepared statements on asyncpg; everything else on `AsyncRunner` (SQLAlchemy)."""
 
@@ -182,19 +155,19 @@ class DirectRunner:
         self._dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
         self._pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
-        self._plans = {id(statement): _plan(statement, engine.dialect) for statement in prepared}
+        self._plans = {id(statement): plan(statement, engine.dialect) for statement in prepared}
 
     async def run(self, statement: sa.Executable, params: Params | None = None) -> Ran:
-        plan = self._plans.get(id(statement))
-        if plan is None:
+        prepared = self._plans.get(id(statement))
+        if prepared is None:
             return await self._fallback.run(statement, params)
-        return await self._on_connection(lambda connection: self._execute(connection, plan, params or {}))
+        return await self._on_connection(lambda connection: self._execute(connection, prepared, params or {}))
 
     async def run_guarded(self, guard: Step, follow: Sequence[Step]) -> Ran:
         plans = [self._plans.get(id(statement)) for statement, _ in (guard, *follow)]
-        if any(plan is None for plan in plans):
+        if any(prepared is None for prepared in plans):
             return await self._fallback.run_guarded(guard, follow)
-        steps = [(plan, params) for plan, (_, params) in zip(plans, (guard, *follow), strict=True) if plan]
+        steps = [(p, params) for p, (_, params) in zip(plans, (guard, *follow), strict=True) if p]
 
         async def in_transaction(connection: asyncpg.Connection) -> Ran:
             async with connection.transaction():
@@ -227,14 +200,13 @@ class DirectRunner:
                 await self._pool.expire_connections()  # suspect, replace them all on next use
             raise unavailable(exc) from exc
 
-    async def _execute(self, connection: asyncpg.Connection, plan: _Plan, params: Params) -> Ran:
-        values = plan.compiled.construct_params(params) or {}
-        arguments = [_bound(plan, name, values[name]) for name in plan.names]
-        if plan.returns_rows:
-            records = await connection.fetch(plan.sql, *arguments, timeout=self._timeout)
-            rows = [Row({key: _result(plan, key, value) for key, value in r.items()}) for r in records]
+    async def _execute(self, connection: asyncpg.Connection, prepared: Plan, params: Params) -> Ran:
+        arguments = prepared.arguments(params)
+        if prepared.returns_rows:
+            records = await connection.fetch(prepared.sql, *arguments, timeout=self._timeout)
+            rows = [prepared.row(record.items()) for record in records]
             return Ran(rows, len(rows))
-        status = await connection.execute(plan.sql, *arguments, timeout=self._timeout)
+        status = await connection.execute(prepared.sql, *arguments, timeout=self._timeout)
         return Ran([], int(status.rsplit(" ", 1)[-1]))
 
     async def _open(self) -> asyncpg.Pool:
@@ -259,37 +231,6 @@ class DirectRunner:
         if self._pool is not None:
             await self._pool.close()
         await self._fallback.close()
-
-
-def _plan(statement: sa.Executable, dialect: Dialect) -> _Plan:
-    compiled = statement.compile(dialect=dialect)  # type: ignore[attr-defined]
-    names = tuple(compiled.positiontup or ())
-    bind = {}
-    for name in names:
-        processor = compiled.binds[name].type.bind_processor(dialect)
-        if processor is not None:
-            bind[name] = processor
-    if isinstance(statement, sa.Select):
-        described, returns_rows = statement.column_descriptions, True
-    else:
-        described = statement.returning_column_descriptions  # type: ignore[attr-defined]
-        returns_rows = bool(described)
-    result = {}
-    for column in described:
-        processor = column["type"].result_processor(dialect, None)
-        if processor is not None:
-            result[column["name"]] = processor
-    return _Plan(compiled.string, names, compiled, bind, result, returns_rows)
-
-
-def _bound(plan: _Plan, name: str, value: Any) -> Any:
-    processor = plan.bind.get(name)
-    return value if processor is None else processor(value)
-
-
-def _result(plan: _Plan, key: str, value: Any) -> Any:
-    processor = plan.result.get(key)
-    return value if processor is None else processor(value)
 
 
 async def _set_up(connection: asyncpg.Connection) -> None:

@@ -106,7 +106,7 @@ _PREPARED = (
     _GET, _EXISTS, _ACQUIRE, _ASK_RELEASE, _RELEASE, _COMMIT_RELEASE, _COMMIT_KEEP,
     _INSERT, _INSERT_LEASED, _FORGET, _DELETE, *OUTBOX_STATEMENTS,
 )  # fmt: skip
-"""The statements of every request, run without SQLAlchemy's async layer on PostgreSQL (pg_direct)."""
+"""The statements of every request, run on the database driver itself (`prepared.py`)."""
 
 
 def _to_upload(row: Any) -> Upload:
@@ -125,7 +125,7 @@ class UploadRecords:
         self.engine = engine
         database = engine.url.database
         self._runner: StatementRunner = (
-            SqliteRunner(database, fsync)
+            SqliteRunner(database, fsync, _PREPARED)
             if engine.dialect.name == "sqlite" and database and database != ":memory:"
             else DirectRunner(engine, _PREPARED, timeout, pool_size)
         )

@@ -5,7 +5,9 @@ need `run(statement)`:
 
 - `SqliteRunner`: one pysqlite connection used on the event loop. A primary-key statement on SQLite
   in WAL mode costs tens of microseconds, where a thread hop per call (aiosqlite: five or six per
-  transaction) costs milliseconds under load. The database lock is never waited for on the loop:
+  transaction) costs milliseconds under load. The statements every request runs are compiled once
+  and run on the driver itself (`prepared.py`: 22 µs for a primary-key SELECT against 42 µs through
+  SQLAlchemy's execution layer). The database lock is never waited for on the loop:
   `busy_timeout` is 0 and a busy database is retried after an `asyncio.sleep` with backoff (other
   processes, `--workers`, may hold it). WAL checkpoints, which fsync, run in a thread every few
   seconds instead of inside a commit on the loop. With `--fsync` every commit fsyncs, so then the
@@ -34,6 +36,7 @@ import sqlalchemy as sa
 from sqlalchemy.pool import StaticPool
 
 from tusserver.errors import ServiceUnavailable, StorageFull
+from tusserver.prepared import Plan, plan
 
 log = logging.getLogger(__name__)
 RETRY_AFTER_SECONDS = "5"
@@ -86,15 +89,16 @@ def sqlite_library_problem() -> str | None:
     return f"SQLite {sqlite3.sqlite_version} is too old: tusserver needs {needed} or newer"
 
 
-def _sqlite_code(exc: sa.exc.DBAPIError) -> int | None:
-    code = getattr(exc.orig, "sqlite_errorcode", None)
+def _sqlite_code(exc: sa.exc.DBAPIError | sqlite3.Error) -> int | None:
+    error = getattr(exc, "orig", exc)  # SQLAlchemy's wrapper, or pysqlite's own error
+    code = getattr(error, "sqlite_errorcode", None)
     return None if code is None else int(code) & 0xFF
 
 
 class SqliteRunner:
     """SQLite on the event loop (or in one database thread with `fsync`); see the module docstring."""
 
-    def __init__(self, database: str, fsync: bool = False) -> None:
+    def __init__(self, database: str, fsync: bool = False, prepared: Sequence[sa.Executable] = ()) -> None:
         self._engine = sa.create_engine(
             f"sqlite+pysqlite:///{database}",
             poolclass=StaticPool,
@@ -105,6 +109,7 @@ class SqliteRunner:
         self._connection: sa.Connection | None = None
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="tusserver-db") if fsync else None
         self._checkpointer: asyncio.Task[None] | None = None
+        self._plans = {id(statement): plan(statement, self._engine.dialect) for statement in prepared}
 
     async def run(self, statement: sa.Executable, params: Params | None = None) -> Ran:
         return await self._patiently((statement, params or {}), ())
@@ -123,10 +128,10 @@ class SqliteRunner:
                     return self._run_now(guard, follow)
                 loop = asyncio.get_running_loop()
                 return await loop.run_in_executor(self._thread, self._run_now, guard, follow)
-            except sa.exc.DBAPIError as exc:
+            except (sa.exc.DBAPIError, sqlite3.Error) as exc:
                 code = _sqlite_code(exc)
                 if code == _SQLITE_FULL:
-                    log.warning("database_full error=%s", exc.orig)
+                    log.warning("database_full error=%s", getattr(exc, "orig", exc))
                     raise StorageFull("the database's disk is full") from exc
                 if code in _SQLITE_OUTAGE or (code in _SQLITE_BUSY and time.monotonic() + delay > deadline):
                     raise unavailable(exc) from exc
@@ -141,6 +146,10 @@ class SqliteRunner:
         if self._connection is None:
             self._connection = self._engine.connect()
         connection = self._connection
+        plans = [self._plans.get(id(statement)) for statement, _ in (guard, *follow)]
+        if all(plans):
+            steps = [(p, params) for p, (_, params) in zip(plans, (guard, *follow), strict=True) if p]
+            return _run_prepared(connection.connection.dbapi_connection, steps)
         try:
             result = connection.execute(*guard)
             rows = result.all() if result.returns_rows else []
@@ -176,6 +185,34 @@ class SqliteRunner:
         self._engine.dispose()
         if self._thread is not None:
             self._thread.shutdown(wait=True)
+
+
+def _run_prepared(raw: Any, steps: Sequence[tuple[Plan, Params]]) -> Ran:
+    """Prepared statements on the pysqlite connection itself, in one transaction (pysqlite opens it
+    before the first change; a SELECT alone needs none)."""
+    try:
+        first = _execute(raw, *steps[0])
+        if first.rowcount:
+            for step in steps[1:]:
+                _execute(raw, *step)
+        if raw.in_transaction:
+            raw.commit()
+    except BaseException:
+        raw.rollback()
+        raise
+    return first
+
+
+def _execute(raw: Any, prepared: Plan, params: Params) -> Ran:
+    cursor = raw.execute(prepared.sql, prepared.arguments(params))
+    try:
+        if prepared.returns_rows:
+            names = [column[0] for column in cursor.description]
+            rows = [prepared.row(zip(names, values, strict=True)) for values in cursor.fetchall()]
+            return Ran(rows, len(rows))
+        return Ran([], cursor.rowcount)
+    finally:
+        cursor.close()
 
 
 def _tune(synchronous: str) -> Callable[[Any, object], None]:
