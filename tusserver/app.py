@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from tusserver import ietf_handlers
+from tusserver import demo, ietf_handlers
 from tusserver.allocator import tune_malloc
 from tusserver.config import Settings
 from tusserver.cors import CorsMiddleware
@@ -57,6 +57,8 @@ def create_app(
     ]
     if base != "/":
         routes.insert(0, Route(base.rstrip("/"), ietf_handlers.collection, methods=_METHODS))
+    if settings.demo:
+        routes[:0] = demo.routes(settings)  # first: with base path `/`, `/demo/` is not an upload
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
