@@ -185,6 +185,21 @@ def test_no_104_for_an_older_interop_version(ietf_server: ServerProcess, version
     assert stored(ietf_server, exchange.headers["location"]) == b"12345"
 
 
+def test_no_104_with_disable_interim_responses(tmp_path: Path) -> None:
+    """`--disable-interim-responses` (for a proxy that mishandles 1xx): the draft allows a server that
+    sends none (§4.2.2); creation works the same."""
+    process = ServerProcess(
+        tmp_path / "data", f"sqlite:///{tmp_path / 'db.sqlite'}", ["--disable-interim-responses"]
+    )
+    process.start()
+    try:
+        exchange = raw_request(process.port, post_head(process, 8, 3), b"abc")
+    finally:
+        process.stop()
+    assert exchange.interim == []
+    assert (exchange.status, exchange.headers["upload-complete"]) == (201, "?1")
+
+
 def test_a_104_never_replaces_100_continue(ietf_server: ServerProcess) -> None:
     """§5: the server MUST NOT omit `100 (Continue)` because it sent a 104."""
     text = post_head(ietf_server, 8, 4, "Expect: 100-continue")
@@ -270,6 +285,14 @@ def test_appends_then_complete_make_the_bytes_and_upload_complete(ietf_server: S
     assert last.headers["Upload-Complete"] == "?1"
     assert stored(ietf_server, url) == b"hello world"
     assert head(url).headers["Upload-Length"] == "11"
+
+
+def test_reaching_a_known_length_completes_the_upload(ietf_server: ServerProcess) -> None:
+    """One state for both protocols: an upload whose offset reaches its `Upload-Length` is complete
+    (as in tus 1.0), even if that request said `Upload-Complete: ?0` (§4.1.3 would let it stay open)."""
+    response = create(ietf_server, body=b"abc", Upload_Length="3")
+    assert response.headers["Upload-Complete"] == "?1"
+    assert head(response.headers["Location"]).headers["Upload-Complete"] == "?1"
 
 
 def test_completing_with_a_chunked_body_takes_the_length_from_the_offset(ietf_server: ServerProcess) -> None:

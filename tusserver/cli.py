@@ -49,6 +49,7 @@ _SERVE_FLAGS: list[tuple[str, str | None, str]] = [
     ("retain-finished", "DURATION", "lifetime of a finished upload, e.g. 30d (default: forever)"),
     ("cleanup-interval", "DURATION", "how often expired uploads are deleted (default 60s; 0 disables)"),
     ("disable-download", None, "refuse GET downloads of finished uploads"),
+    ("disable-interim-responses", None, "never send 104 to IETF Resumable Uploads clients (proxies)"),
     ("demo", None, "serve an Uppy upload page at /demo/ (assets shipped in the package)"),
     ("cors-origins", "ORIGINS", "allowed browser origins, comma-separated; * any; none (default *)"),
     ("cors-allow-credentials", None, "allow browsers to send credentials (needs explicit origins)"),

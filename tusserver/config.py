@@ -105,6 +105,9 @@ class Settings:
     """Seconds a durable hook event is retried before it is marked dead."""
     hooks_backoff_max: float = 300.0
     """Longest wait, in seconds, between two delivery attempts of one event."""
+    disable_interim_responses: bool = False
+    """Never send `104 (Upload Resumption Supported)` (IETF Resumable Uploads), e.g. behind a proxy
+    that mistakes an interim response for the final one."""
     demo: bool = False
     """Serve a small upload page (Uppy Dashboard, shipped with the package) at `/demo/`."""
     database_timeout: float = 5.0
@@ -230,6 +233,7 @@ _FIELD_PARSERS: dict[str, Callable[[str], object]] = {
     "cleanup_interval": parse_duration,
     "disable_download": parse_bool,
     "demo": parse_bool,
+    "disable_interim_responses": parse_bool,
     "cors_origins": str,
     "cors_allow_credentials": parse_bool,
     "behind_proxy": parse_bool,

@@ -128,6 +128,8 @@ async def create(request: Request, interop: Interop) -> Response:
         """§4.2.2: the 104 with the upload's URI, once the upload exists and before its bytes are read."""
         nonlocal location
         location = _location(request, upload.id)
+        if handlers._settings(request).disable_interim_responses:
+            return
         if interop.version == CURRENT_INTEROP:  # Appendix B: never for another interop version
             interim = {
                 LOCATION: location,
