@@ -443,10 +443,37 @@ def test_an_upload_is_one_resource_for_both_protocols(ietf_server: ServerProcess
     assert httpx.get(url).content == b"abcdefghi"
 
 
-def test_tus_requests_are_unaffected(ietf_server: ServerProcess) -> None:
+def test_a_tus_upload_is_seen_and_finished_with_the_draft(ietf_server: ServerProcess) -> None:
+    tus = {"Tus-Resumable": "1.0.0"}
+    url = httpx.post(ietf_server.url, headers={**tus, "Upload-Length": "6"}).headers["Location"]
+    sent = {**tus, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"}
+    assert httpx.patch(url, headers=sent, content=b"abc").status_code == 204
+    status = head(url)
+    assert (status.status_code, status.headers["Upload-Offset"], status.headers["Upload-Complete"]) == (
+        204,
+        "3",
+        "?0",
+    )
+    assert append(url, 3, b"def", complete=True).headers["Upload-Complete"] == "?1"
+    assert httpx.head(url, headers=tus).headers["Upload-Offset"] == "6"
+    assert stored(ietf_server, url) == b"abcdef"
+
+
+def test_no_interim_response_to_an_http_1_0_request(ietf_server: ServerProcess) -> None:
+    """RFC 9110 §15.2: a server must not send a 1xx to an HTTP/1.0 client."""
+    text = post_head(ietf_server, 8, 3).replace("HTTP/1.1", "HTTP/1.0", 1)
+    exchange = raw_request(ietf_server.port, text, b"abc")
+    assert exchange.interim == []
+    assert exchange.status == 201
+
+
+@pytest.mark.parametrize("version", ["3", "4", "7", "x"])
+def test_tus_requests_are_unaffected(ietf_server: ServerProcess, version: str) -> None:
     """Without a supported interop version the tus 1.0 rules hold: 412 without `Tus-Resumable`
-    (interop 3 and 4 are not spoken), `Tus-Resumable` on answers, no draft fields."""
-    refused = httpx.post(ietf_server.url, headers={"Upload-Draft-Interop-Version": "3", "Upload-Length": "1"})
+    (interop 3, 4 and 7 are not spoken), `Tus-Resumable` on answers, no draft fields."""
+    refused = httpx.post(
+        ietf_server.url, headers={"Upload-Draft-Interop-Version": version, "Upload-Length": "1"}
+    )
     assert refused.status_code == 412
     created = httpx.post(ietf_server.url, headers={"Tus-Resumable": "1.0.0", "Upload-Length": "1"})
     assert created.status_code == 201
