@@ -38,7 +38,9 @@ def browser() -> Iterator[Browser]:
 @pytest.fixture(scope="module")
 def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     root = tmp_path_factory.mktemp("uppy")
-    process = ServerProcess(root / "data", f"sqlite:///{root / 'tusserver.db'}", ["--demo"])
+    process = ServerProcess(
+        root / "data", f"sqlite:///{root / 'tusserver.db'}", ["--demo", "--max-size", "1G"]
+    )
     process.start()
     yield process
     process.stop()
@@ -199,6 +201,11 @@ def test_cors_in_the_browser_preflights_custom_headers_and_exposes_every_tus_hea
             const patched = await fetch(url, { method: 'PATCH', body: 'hello', headers: { ...tus,
                 'Upload-Offset': '0', 'Content-Type': 'application/offset+octet-stream' } })
             const head = await fetch(url, { method: 'HEAD', headers: tus })
+            const got = await fetch(url, { headers: { Range: 'bytes=1-2' } })
+            const deferred = await fetch(endpoint, { method: 'POST', headers: { ...tus,
+                'Upload-Defer-Length': '1', 'Upload-Concat': 'partial' } })
+            const deferredUrl = deferred.headers.get('Location')
+            const deferredHead = await fetch(deferredUrl, { method: 'HEAD', headers: tus })
             const ietf = { 'Upload-Draft-Interop-Version': '8' }
             const draft = await fetch(endpoint, {
                 method: 'POST', headers: { ...ietf, 'Upload-Complete': '?0' } })
@@ -207,10 +214,14 @@ def test_cors_in_the_browser_preflights_custom_headers_and_exposes_every_tus_hea
             const deleted = await fetch(draftUrl, { method: 'DELETE', headers: ietf })
             const pair = (response, names) => [response.status, read(response, names)]
             return {
-                options: pair(options, ['Tus-Version', 'Tus-Extension', 'Tus-Checksum-Algorithm']),
+                options: pair(options,
+                    ['Tus-Version', 'Tus-Extension', 'Tus-Checksum-Algorithm', 'Tus-Max-Size']),
                 created: pair(created, ['Location', 'Upload-Offset', 'Upload-Expires', 'Tus-Resumable']),
                 patched: pair(patched, ['Upload-Offset']),
                 head: pair(head, ['Upload-Offset', 'Upload-Length', 'Upload-Metadata', 'Cache-Control']),
+                got: pair(got,
+                    ['Content-Range', 'Content-Disposition', 'Accept-Ranges', 'ETag', 'Last-Modified']),
+                deferred: pair(deferredHead, ['Upload-Defer-Length', 'Upload-Concat']),
                 draft: pair(draft, ['Upload-Complete', 'Upload-Limit', 'Upload-Draft-Interop-Version']),
                 draftHead: pair(draftHead, ['Upload-Offset', 'Upload-Complete', 'Upload-Limit']),
                 deleted: deleted.status,
@@ -223,6 +234,7 @@ def test_cors_in_the_browser_preflights_custom_headers_and_exposes_every_tus_hea
     assert headers["Tus-Version"] == "1.0.0"
     assert "creation" in headers["Tus-Extension"]
     assert headers["Tus-Checksum-Algorithm"]
+    assert headers["Tus-Max-Size"] == str(1024**3)
     status, headers = result["created"]
     assert status == 201
     assert headers["Location"].startswith(nginx.url)
@@ -239,6 +251,14 @@ def test_cors_in_the_browser_preflights_custom_headers_and_exposes_every_tus_hea
             "Cache-Control": "no-store",
         },
     ]
+    status, headers = result["got"]
+    assert status == 206
+    assert headers["Content-Range"] == "bytes 1-2/5"
+    assert "a.txt" in headers["Content-Disposition"]
+    assert headers["Accept-Ranges"] == "bytes"
+    assert headers["ETag"]
+    assert headers["Last-Modified"]
+    assert result["deferred"] == [200, {"Upload-Defer-Length": "1", "Upload-Concat": "partial"}]
     status, headers = result["draft"]
     assert status == 201
     assert headers["Upload-Complete"] == "?0"

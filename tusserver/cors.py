@@ -25,7 +25,8 @@ EXPOSE_HEADERS = (
     "Location, Upload-Offset, Upload-Length, Upload-Metadata, Upload-Defer-Length, Upload-Concat, "
     "Upload-Expires, Tus-Version, Tus-Resumable, Tus-Max-Size, Tus-Extension, Tus-Checksum-Algorithm, "
     "Content-Range, Content-Disposition, Content-Length, Upload-Complete, Upload-Limit, "
-    "Upload-Draft-Interop-Version, Accept-Patch, Cache-Control, ETag, Last-Modified, Retry-After"
+    "Upload-Draft-Interop-Version, Accept-Patch, Accept-Ranges, Cache-Control, ETag, Last-Modified, "
+    "Retry-After"
 )
 MAX_AGE = "86400"
 _LISTED = frozenset(name.strip().lower() for name in ALLOW_HEADERS.split(","))
