@@ -307,6 +307,32 @@ def test_completing_with_a_chunked_body_takes_the_length_from_the_offset(ietf_se
     assert stored(ietf_server, url) == b"abcdef"
 
 
+def test_creation_with_a_chunked_body_and_upload_complete_takes_its_length_from_the_body(
+    ietf_server: ServerProcess,
+) -> None:
+    """§4.1.3: `Upload-Complete: ?1` without `Content-Length` (chunked): the length is where it ends."""
+    sent = draft(Upload_Complete="?1")
+    response = httpx.post(ietf_server.url, headers=sent, content=iter([b"chunk one, ", b"chunk two"]))
+    assert response.status_code == 201
+    assert response.headers["Upload-Complete"] == "?1"
+    url = response.headers["Location"]
+    assert head(url).headers["Upload-Length"] == "20"
+    assert stored(ietf_server, url) == b"chunk one, chunk two"
+
+
+def test_an_empty_append_with_upload_complete_ends_an_upload_of_unknown_length(
+    ietf_server: ServerProcess,
+) -> None:
+    """§4.4.1: `Upload-Complete: ?1` with no content completes an upload whose data all arrived."""
+    url = create(ietf_server).headers["Location"]
+    assert "Upload-Length" not in head(url).headers
+    assert append(url, 0, b"abc", complete=False).headers["Upload-Complete"] == "?0"
+    done = append(url, 3, b"", complete=True)
+    assert (done.status_code, done.headers["Upload-Complete"]) == (204, "?1")
+    status = head(url)
+    assert (status.headers["Upload-Complete"], status.headers["Upload-Length"]) == ("?1", "3")
+
+
 @pytest.mark.parametrize("version", [6, 8])
 def test_a_wrong_offset_is_409_with_the_offset_and_the_problem(
     ietf_server: ServerProcess, version: int
