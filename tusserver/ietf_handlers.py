@@ -5,7 +5,8 @@ A request carrying `Upload-Draft-Interop-Version` with a version this server spe
 is a POST with `Upload-Complete` to the collection; HEAD, PATCH and DELETE act on the upload resource,
 which is the same row and file a tus client would see. State rules stay in `UploadService` and the
 write pipeline; this module maps the draft's fields onto them and answers as the draft says (§ numbers
-of draft -11).
+of draft -11). Request plumbing (body, public URL, hook view, pre-access) is `handlers`' own, used
+through its underscore helpers: one HTTP layer, two dialects.
 """
 
 from __future__ import annotations
