@@ -47,9 +47,12 @@ def node() -> str:
     return node
 
 
-def upload_with_tus_js_client(node: str, endpoint: str, source: Path, chunk_size: int, parallel: int) -> str:
-    """Runs tests/js/upload.mjs; the URL of the (final) upload it created."""
-    command = [node, "upload.mjs", endpoint, str(source), str(chunk_size), str(parallel)]
+def upload_with_tus_js_client(
+    node: str, endpoint: str, source: Path, chunk_size: int, parallel: int, protocol: str = "tus-v1"
+) -> str:
+    """Runs tests/js/upload.mjs (`protocol`: tus-v1, ietf-draft-03, ietf-draft-05); the URL of the
+    (final) upload it created."""
+    command = [node, "upload.mjs", endpoint, str(source), str(chunk_size), str(parallel), protocol]
     completed = subprocess.run(command, cwd=JS_DIR, capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, f"tus-js-client failed ({completed.returncode}):\n{completed.stderr}"
     url: str = json.loads(completed.stdout)["url"]

@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from tusserver import handlers
+from tusserver import demo, ietf_handlers
 from tusserver.allocator import tune_malloc
 from tusserver.config import Settings
 from tusserver.cors import CorsMiddleware
@@ -52,11 +52,13 @@ def create_app(
     built = build_hooks(settings, hooks)  # fail at start-up, not at the first finished upload
     base = settings.base_path
     routes = [
-        Route(base, handlers.collection, methods=_METHODS),
-        Route(base + "{upload_id}", handlers.resource, methods=_METHODS),
+        Route(base, ietf_handlers.collection, methods=_METHODS),
+        Route(base + "{upload_id}", ietf_handlers.resource, methods=_METHODS),
     ]
     if base != "/":
-        routes.insert(0, Route(base.rstrip("/"), handlers.collection, methods=_METHODS))
+        routes.insert(0, Route(base.rstrip("/"), ietf_handlers.collection, methods=_METHODS))
+    if settings.demo:
+        routes[:0] = demo.routes(settings)  # first: with base path `/`, `/demo/` is not an upload
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

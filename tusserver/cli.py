@@ -21,7 +21,7 @@ from tusserver.allocator import export_to_children, tune_malloc
 from tusserver.app import create_app
 from tusserver.config import ENV_PREFIX, Settings
 from tusserver.database import downgrade, make_engine, migrate
-from tusserver.http_limits import LimitedHttpToolsProtocol
+from tusserver.interim import InterimHttpToolsProtocol
 from tusserver.outbox import Outbox
 from tusserver.preflight import StartupProblem, explain, run_checks
 from tusserver.runtime import running
@@ -49,6 +49,8 @@ _SERVE_FLAGS: list[tuple[str, str | None, str]] = [
     ("retain-finished", "DURATION", "lifetime of a finished upload, e.g. 30d (default: forever)"),
     ("cleanup-interval", "DURATION", "how often expired uploads are deleted (default 60s; 0 disables)"),
     ("disable-download", None, "refuse GET downloads of finished uploads"),
+    ("disable-interim-responses", None, "never send 104 to IETF Resumable Uploads clients (proxies)"),
+    ("demo", None, "serve an Uppy upload page at /demo/ (assets shipped in the package)"),
     ("cors-origins", "ORIGINS", "allowed browser origins, comma-separated; * any; none (default *)"),
     ("cors-allow-credentials", None, "allow browsers to send credentials (needs explicit origins)"),
     ("behind-proxy", None, "trust Forwarded / X-Forwarded-Host / X-Forwarded-Proto for upload URLs"),
@@ -233,7 +235,7 @@ def serve(settings: Settings) -> int:
         server_header=False,
         root_path=settings.root_path.rstrip("/"),
         timeout_graceful_shutdown=int(settings.shutdown_timeout),
-        http=LimitedHttpToolsProtocol,  # 431 / 408 on request heads; limits from the environment above
+        http=InterimHttpToolsProtocol,  # 431 / 408 on request heads (limits from the environment above), 104s
         limit_concurrency=_concurrency_limit(settings.max_concurrency),
     )
     return 0

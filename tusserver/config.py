@@ -105,6 +105,11 @@ class Settings:
     """Seconds a durable hook event is retried before it is marked dead."""
     hooks_backoff_max: float = 300.0
     """Longest wait, in seconds, between two delivery attempts of one event."""
+    disable_interim_responses: bool = False
+    """Never send `104 (Upload Resumption Supported)` (IETF Resumable Uploads), e.g. behind a proxy
+    that mistakes an interim response for the final one."""
+    demo: bool = False
+    """Serve a small upload page (Uppy Dashboard, shipped with the package) at `/demo/`."""
     database_timeout: float = 5.0
     """Seconds to connect to the database, to wait for a pooled connection, or to run one statement,
     before the request answers 503 + Retry-After (a blackholed database never hangs a request)."""
@@ -227,6 +232,8 @@ _FIELD_PARSERS: dict[str, Callable[[str], object]] = {
     "retain_finished": _optional_duration,
     "cleanup_interval": parse_duration,
     "disable_download": parse_bool,
+    "demo": parse_bool,
+    "disable_interim_responses": parse_bool,
     "cors_origins": str,
     "cors_allow_credentials": parse_bool,
     "behind_proxy": parse_bool,

@@ -3,10 +3,15 @@
 A preflight (OPTIONS with `Access-Control-Request-Method`) from an allowed origin is answered here,
 before the tus rules run, so it never meets a 412 (PROTOCOL.md C-O4). Every other response to an
 allowed origin carries `Access-Control-Allow-Origin` and exposes every header a tus client reads.
+A preflight allows the tus and IETF Resumable Uploads request headers plus whatever other header names
+the browser asks for in `Access-Control-Request-Headers` (an application's own, e.g. an auth token):
+the origin is what CORS restricts here, not the header names.
 Credentials are off unless configured, and never combined with `*`.
 """
 
 from __future__ import annotations
+
+import re
 
 from tusserver.middleware import ASGIApp, Message, Receive, Scope, Send, request_header
 
@@ -14,14 +19,18 @@ ALLOW_METHODS = "POST, HEAD, PATCH, OPTIONS, GET, DELETE"
 ALLOW_HEADERS = (
     "Authorization, Origin, X-Requested-With, X-Request-ID, X-HTTP-Method-Override, Content-Type, "
     "Upload-Length, Upload-Offset, Tus-Resumable, Upload-Metadata, Upload-Defer-Length, Upload-Concat, "
-    "Upload-Checksum, Range"
+    "Upload-Checksum, Range, Upload-Complete, Upload-Draft-Interop-Version, Content-Disposition"
 )
 EXPOSE_HEADERS = (
     "Location, Upload-Offset, Upload-Length, Upload-Metadata, Upload-Defer-Length, Upload-Concat, "
     "Upload-Expires, Tus-Version, Tus-Resumable, Tus-Max-Size, Tus-Extension, Tus-Checksum-Algorithm, "
-    "Content-Range, Content-Disposition, Content-Length"
+    "Content-Range, Content-Disposition, Content-Length, Upload-Complete, Upload-Limit, "
+    "Upload-Draft-Interop-Version, Accept-Patch, Accept-Ranges, Cache-Control, ETag, Last-Modified, "
+    "Retry-After"
 )
 MAX_AGE = "86400"
+_LISTED = frozenset(name.strip().lower() for name in ALLOW_HEADERS.split(","))
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 class CorsMiddleware:
@@ -42,7 +51,8 @@ class CorsMiddleware:
             await self.app(scope, receive, send)
             return
         if scope["method"] == "OPTIONS" and request_header(scope, b"access-control-request-method"):
-            await self._preflight(origin, send)
+            requested = request_header(scope, b"access-control-request-headers") or b""
+            await self._preflight(origin, requested.decode("latin-1"), send)
             return
         extra = [(b"access-control-expose-headers", EXPOSE_HEADERS.encode()), *self._origin_headers(origin)]
 
@@ -61,13 +71,24 @@ class CorsMiddleware:
             headers.append((b"access-control-allow-credentials", b"true"))
         return headers
 
-    async def _preflight(self, origin: str, send: Send) -> None:
+    async def _preflight(self, origin: str, requested: str, send: Send) -> None:
         headers = [
             (b"access-control-allow-methods", ALLOW_METHODS.encode()),
-            (b"access-control-allow-headers", ALLOW_HEADERS.encode()),
+            (b"access-control-allow-headers", allow_headers(requested).encode()),
             (b"access-control-max-age", MAX_AGE.encode()),
             (b"content-length", b"0"),
             *self._origin_headers(origin),
         ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
+
+
+def allow_headers(requested: str) -> str:
+    """`Access-Control-Allow-Headers`: the tus and IETF headers, plus the valid header names asked for
+    that are not among them (each once, as asked)."""
+    extra: dict[str, None] = {}
+    for name in requested.split(","):
+        name = name.strip()
+        if name and _TOKEN.fullmatch(name) and name.lower() not in _LISTED:
+            extra.setdefault(name.lower())
+    return ", ".join([ALLOW_HEADERS, *extra]) if extra else ALLOW_HEADERS

@@ -3,7 +3,9 @@
 It applies `X-HTTP-Method-Override` before routing (C-H8), refuses an HTTP/1.1 request without `Host`
 with 400 (RFC 9112 §3.2: servers like httptools let it through) and requests without a supported
 `Tus-Resumable` with 412 + `Tus-Version` before anything else runs (C-H2, C-H3; OPTIONS is exempt,
-C-O2), and adds `Tus-Resumable` to every response, Starlette's own 404/405 included (C-H1).
+C-O2), and adds `Tus-Resumable` to every response, Starlette's own 404/405 included (C-H1). A request
+of IETF Resumable Uploads (`Upload-Draft-Interop-Version` with a version `ietf.SUPPORTED` lists) is
+exempt from both: it speaks the draft, not tus 1.0.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from tusserver.ietf import INTEROP_VERSION, interop_of
 from tusserver.protocol import METHOD_OVERRIDE, TUS_RESUMABLE, TUS_VERSION, TUS_VERSION_HEADER
 
 Scope = MutableMapping[str, Any]
@@ -21,6 +24,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _OVERRIDE = METHOD_OVERRIDE.lower().encode()
 _RESUMABLE = TUS_RESUMABLE.lower().encode()
+_INTEROP = INTEROP_VERSION.lower().encode()
 _VERSION_PAIR = (_RESUMABLE, TUS_VERSION.encode())
 # Methods a client may send without Tus-Resumable: preflights and plain downloads.
 _EXEMPT = frozenset({"OPTIONS", "GET"})
@@ -46,22 +50,28 @@ class TusMiddleware:
         if override:
             scope = dict(scope, method=override.decode("latin-1").strip().upper())
 
+        interop = request_header(scope, _INTEROP)
+        ietf = interop is not None and interop_of(interop.decode("latin-1")) is not None
+
         async def send_with_version(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", []), _VERSION_PAIR]
             await send(message)
 
+        respond = send if ietf else send_with_version
         if scope.get("http_version") == "1.1" and request_header(scope, b"host") is None:
-            await send_text(
-                send_with_version, scope["method"], 400, "an HTTP/1.1 request needs a Host header"
-            )
+            await send_text(respond, scope["method"], 400, "an HTTP/1.1 request needs a Host header")
             return
-        if scope["method"] not in _EXEMPT and request_header(scope, _RESUMABLE) != _VERSION_PAIR[1]:
+        if (
+            not ietf
+            and scope["method"] not in _EXEMPT
+            and request_header(scope, _RESUMABLE) != _VERSION_PAIR[1]
+        ):
             version = (TUS_VERSION_HEADER.lower().encode(), TUS_VERSION.encode())
             text = f"{TUS_RESUMABLE} must be {TUS_VERSION}"
-            await send_text(send_with_version, scope["method"], 412, text, version)
+            await send_text(respond, scope["method"], 412, text, version)
             return
-        await self.app(scope, receive, send_with_version)
+        await self.app(scope, receive, respond)
 
 
 async def send_text(send: Send, method: str, status: int, text: str, *extra: tuple[bytes, bytes]) -> None:

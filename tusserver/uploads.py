@@ -8,6 +8,7 @@ the body once the row exists. The order of checks follows PROTOCOL.md §1.3.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from tusserver.core import Storage, Upload, is_upload_id, new_upload_id, utcnow
@@ -44,6 +45,8 @@ class NewUpload:
     length: int | None
     metadata: str | None = None
     concat: Concat | None = None
+    announce: Callable[[Upload], None] | None = None
+    """Told the new upload once it exists, before a byte of its body is read (IETF's 104)."""
 
 
 class UploadService:
@@ -128,6 +131,8 @@ class UploadService:
         log.info("upload_created upload_id=%s length=%s", upload.id, upload.length)
         async with self.locks.kept(lease):
             await self._create_storage(upload)
+            if request.announce is not None:
+                request.announce(upload)
             outcome = await self.pipeline.receive(lease, upload, body)
         problem = outcome.problem
         if problem is not None and (problem.status in _REFUSED_BODY or outcome.upload.is_rejected):

@@ -1,11 +1,12 @@
 // Uploads one file with tus-js-client (Node), for tests/test_tus_js_client.py.
-//   node upload.mjs <endpoint> <file path> <chunkSize bytes> <parallelUploads>
+//   node upload.mjs <endpoint> <file path> <chunkSize bytes> <parallelUploads> [protocol]
+// protocol: tus-v1 (default), ietf-draft-03 or ietf-draft-05 (IETF Resumable Uploads, interop 5 / 6).
 // On success prints {"url": <upload url>} on stdout and exits 0; on error prints it on stderr, exits 1.
 import { createReadStream } from 'node:fs'
 import { basename } from 'node:path'
 import { Upload } from 'tus-js-client'
 
-const [endpoint, path, chunkSize, parallelUploads] = process.argv.slice(2)
+const [endpoint, path, chunkSize, parallelUploads, protocol = 'tus-v1'] = process.argv.slice(2)
 if (!endpoint || !path || !chunkSize || !parallelUploads) {
   console.error('usage: node upload.mjs <endpoint> <file path> <chunkSize bytes> <parallelUploads>')
   process.exit(2)
@@ -18,6 +19,7 @@ const upload = new Upload(createReadStream(path), {
   endpoint,
   chunkSize: Number(chunkSize),
   metadata: { filename: basename(path), filetype: 'application/octet-stream' },
+  protocol,
   retryDelays: [0, 200, 500],
   ...(parallel > 1 ? { parallelUploads: parallel } : {}),
   onError(error) {
