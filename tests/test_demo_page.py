@@ -14,7 +14,7 @@ from tusserver import Settings, create_app
 
 __all__ = ["node"]  # the fixture that makes sure Node.js and npm are there
 
-WEB = Path(__file__).resolve().parent.parent / "web"
+WEB = Path(__file__).resolve().parent / "js" / "uppy-assets"
 STATIC = Path(__file__).resolve().parent.parent / "tusserver" / "demo" / "static"
 
 
@@ -28,8 +28,8 @@ async def test_the_demo_page_is_off_by_default(tmp_path: Path) -> None:
 
 
 def test_shipped_uppy_assets_are_the_pinned_npm_release(node: str) -> None:
-    """tusserver/demo/static holds exactly the dist files of the `uppy` version web/package-lock.json
-    pins (refresh with `npm ci && npm run copy` in web/)."""
+    """tusserver/demo/static holds exactly the dist files of the `uppy` version that
+    tests/js/uppy-assets/package-lock.json pins (refresh: `npm ci && npm run copy` there)."""
     if not (WEB / "node_modules" / "uppy").is_dir():
         subprocess.run(
             ["npm", "ci", "--no-audit", "--no-fund"], cwd=WEB, check=True, capture_output=True, timeout=240

@@ -198,7 +198,7 @@ async def append(request: Request, interop: Interop) -> Response:
         raise _inconsistent(f"the upload's length is {current.length}, not {declared}")
     body = handlers._body(request)
     try:
-        upload = await handlers._service(request).pipeline.append(upload_id, offset, body, declared)
+        upload = await handlers._service(request).append(upload_id, offset, body, declared)
     except OffsetMismatch as exc:  # another request moved it meanwhile, or the lease was lost
         stored = exc.headers.get(UPLOAD_OFFSET)
         if stored is None:
@@ -225,7 +225,7 @@ async def _declare_end(request: Request, upload: Upload) -> Upload:
     ended = BodyReader(request.receive)
     ended.ended = True  # the request's body was read to its end already
     empty = Body(ended, 0, None, handlers._for_hooks(request))
-    return await handlers._service(request).pipeline.append(upload.id, upload.offset, empty, upload.offset)
+    return await handlers._service(request).append(upload.id, upload.offset, empty, upload.offset)
 
 
 def _read_whole(body: Body) -> bool:
