@@ -8,7 +8,7 @@ C-O2), and adds `Tus-Resumable` to every response, Starlette's own 404/405 inclu
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Collection, MutableMapping
 from typing import Any
 
 from tusserver.protocol import METHOD_OVERRIDE, TUS_RESUMABLE, TUS_VERSION, TUS_VERSION_HEADER
@@ -35,11 +35,16 @@ def request_header(scope: Scope, name: bytes) -> bytes | None:
 
 
 class TusMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, exempt_paths: Collection[str] = ()) -> None:
+        """`exempt_paths`: paths (and what lies below them) that are no tus endpoint: probes,
+        metrics, the operator page."""
         self.app = app
+        self.exempt = tuple(exempt_paths)
+        self.exempt_below = tuple(path + "/" for path in exempt_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path in self.exempt or path.startswith(self.exempt_below):
             await self.app(scope, receive, send)
             return
         override = request_header(scope, _OVERRIDE)

@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from tusserver import metrics
 from tusserver.core import Hasher, Storage, StorageWriter, Upload, WriteResult, utcnow
 from tusserver.errors import (
     BadRequest,
@@ -48,6 +49,7 @@ from tusserver.errors import (
 from tusserver.events import EventType, RequestInfo
 from tusserver.hooks import Hooks
 from tusserver.locking import Lease, LeaseState, UploadLocks
+from tusserver.logs import current_request
 from tusserver.policy import Policy, is_expired
 from tusserver.protocol import UPLOAD_OFFSET, Checksum, parse_checksum
 from tusserver.records import UploadRecords
@@ -189,11 +191,20 @@ class WritePipeline:
         hasher = checksum.hasher() if checksum else None
         run = _Run(self, lease, upload, body.reader, hasher, body.request)
         lease.watch(body.reader.poke, run.tick)
+        metrics.bodies_in_progress.inc()
+        offset = upload.offset
         try:
             await run.stream()
-            return await self._conclude(run, checksum)
+            outcome = await self._conclude(run, checksum)
+            offset = outcome.upload.offset
+            return outcome
         finally:
             lease.unwatch()
+            metrics.bodies_in_progress.dec()
+            run.report(max(offset, run.upload.offset))
+            context = current_request()
+            if context is not None:
+                context.bytes_in += run.received
 
     async def _conclude(self, run: _Run, checksum: Checksum | None) -> Outcome:
         stopped = run.stopped_as  # a body read whole counts, even if a stop came just after
@@ -234,6 +245,7 @@ class WritePipeline:
         if completing:
             await self.storage.finish(committed)  # only the request that completed it gets here: once
             log.info("upload_finished upload_id=%s length=%s", committed.id, committed.length)
+            metrics.upload_finished(committed)
             self.hooks.committed()
         return committed
 
@@ -274,6 +286,8 @@ class _Run:
         self.exceeded = False
         self.received = 0
         self.checkpointed = 0
+        self.reported_received = 0
+        self.reported_offset = upload.offset
         self.failure: TusError | None = None
         every = None if hasher is not None else pipeline.policy.commit_every
         self.every = every
@@ -349,8 +363,16 @@ class _Run:
             return
         self.lease.renewed(sent_at)
         self.upload, self.checkpointed = committed, result.written
+        self.report(committed.offset)
         if pipeline.hooks.reports_progress:
             pipeline.hooks.progressed(committed, pipeline.storage.describe(committed), self.request)
+
+    def report(self, offset: int) -> None:
+        """Count the bytes received and committed since the last report: at checkpoints and once
+        when the body ends, never per chunk."""
+        metrics.bytes_received.inc(self.received - self.reported_received)
+        metrics.bytes_committed.inc(max(offset - self.reported_offset, 0))
+        self.reported_received, self.reported_offset = self.received, max(offset, self.reported_offset)
 
     def tick(self, now: float) -> None:
         """About once a second, from the lease keeper: a silent client times out; a slow one gets
