@@ -138,6 +138,8 @@ class Settings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "base_path", normalize_base_path(self.base_path))
+        for name in ("metrics_path", "health_path", "admin_path"):
+            object.__setattr__(self, name, _url_path(getattr(self, name)))
         object.__setattr__(self, "data_dir", Path(self.data_dir))
 
     @property
