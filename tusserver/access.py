@@ -68,7 +68,8 @@ class AccessMiddleware:
         if log.isEnabledFor(level):
             log.log(
                 level,
-                "request method=%s path=%s status=%s bytes=%d duration_ms=%.1f upload_id=%s client=%s",
+                "request method=%s path=%s status=%s bytes=%d duration_ms=%.1f upload_id=%s client=%s "
+                "request_id=%s",
                 context.method, context.path, answered, context.bytes_in, seconds * 1000,
-                context.upload_id, context.client,
+                context.upload_id, context.client, context.request_id,
             )  # fmt: skip
