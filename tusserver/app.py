@@ -24,6 +24,7 @@ from starlette.routing import Route
 
 from tusserver import handlers, logs, metrics, ops
 from tusserver.access import AccessMiddleware
+from tusserver.admin import AdminPage
 from tusserver.allocator import tune_malloc
 from tusserver.config import Settings
 from tusserver.cors import CorsMiddleware
@@ -57,8 +58,11 @@ def create_app(
     built = build_hooks(settings, hooks)  # fail at start-up, not at the first finished upload
     base = settings.base_path
     ops_paths = ops.paths(settings)
+    admin = AdminPage(settings, settings.admin_token) if settings.admin_token else None
+    exempt = [*ops_paths, settings.admin_path] if admin else ops_paths
     routes = [
         *ops.routes(settings),
+        *(admin.routes() if admin else []),
         Route(base, handlers.collection, methods=_METHODS),
         Route(base + "{upload_id}", handlers.resource, methods=_METHODS),
     ]
@@ -93,7 +97,7 @@ def create_app(
         Middleware(
             CorsMiddleware, origins=settings.cors_origins, allow_credentials=settings.cors_allow_credentials
         ),
-        Middleware(TusMiddleware, exempt_paths=ops_paths),
+        Middleware(TusMiddleware, exempt_paths=exempt),
         Middleware(FailsafeMiddleware),  # innermost: its 500 still gets the headers added above
     ]
     app = Starlette(

@@ -142,17 +142,21 @@ async def patch(request: Request, upload_id: str) -> Response:
     """PATCH; one that does not take its whole body is counted by cause (the answer's status, or
     `disconnect` when the client left: then nobody reads the answer)."""
     headers = request.headers
+    pipeline = _service(request).pipeline
     try:
         require_offset_stream(headers.get(CONTENT_TYPE))
         offset = parse_offset(headers.get(UPLOAD_OFFSET))
         declared = parse_size(headers.get(UPLOAD_LENGTH), UPLOAD_LENGTH)
         body = _body(request)
-        upload = await _service(request).pipeline.append(upload_id, offset, body, declared)
+        upload = await pipeline.append(upload_id, offset, body, declared)
     except TusError as problem:
-        metrics.patch_failures.labels(metrics.failure_cause(problem)).inc()
+        cause = metrics.failure_cause(problem)
+        metrics.patch_failures.labels(cause).inc()
+        pipeline.activity.failed(upload_id, cause)
         raise
     if body.reader.disconnected:
         metrics.patch_failures.labels("disconnect").inc()
+        pipeline.activity.failed(upload_id, "disconnect", upload)
     return Response(status_code=204, headers=_progress_headers(upload))
 
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from tusserver import metrics
+from tusserver.activity import Activity
 from tusserver.core import Hasher, Storage, StorageWriter, Upload, WriteResult, utcnow
 from tusserver.errors import (
     BadRequest,
@@ -151,6 +152,7 @@ class WritePipeline:
         self.policy = policy
         self.hooks = hooks
         self.network_timeout = network_timeout
+        self.activity = Activity()
 
     async def append(self, upload_id: str, offset: int, body: Body, declared_length: int | None) -> Upload:
         """PATCH: append `body` at `offset`, declaring a deferred length if given."""
@@ -193,6 +195,7 @@ class WritePipeline:
         lease.watch(body.reader.poke, run.tick)
         metrics.bodies_in_progress.inc()
         offset = upload.offset
+        token = self.activity.begin(upload, run)
         try:
             await run.stream()
             outcome = await self._conclude(run, checksum)
@@ -200,6 +203,7 @@ class WritePipeline:
             return outcome
         finally:
             lease.unwatch()
+            self.activity.end(token)
             metrics.bodies_in_progress.dec()
             run.report(max(offset, run.upload.offset))
             context = current_request()
@@ -246,6 +250,7 @@ class WritePipeline:
             await self.storage.finish(committed)  # only the request that completed it gets here: once
             log.info("upload_finished upload_id=%s length=%s", committed.id, committed.length)
             metrics.upload_finished(committed)
+            self.activity.finished(committed)
             self.hooks.committed()
         return committed
 

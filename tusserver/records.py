@@ -98,6 +98,13 @@ _CREATED_BEFORE = (
 )
 _DELETE = sa.delete(upload_table).where(_OWNED)
 _PING = sa.select(sa.literal(1).label("one"))
+_HELD = sa.and_(_t.lock_owner.is_not(None), _t.lock_expires_at > db_now()).label("held")
+_IDLE_FIRST = (
+    sa.select(*_UPLOAD_COLUMNS, _HELD)
+    .where(_t.completed_at.is_(None))
+    .order_by(_t.updated_at)
+    .limit(_p("limit", type_=sa.Integer))
+)
 _PREPARED = (
     _GET, _EXISTS, _ACQUIRE, _ASK_RELEASE, _RELEASE, _COMMIT_RELEASE, _COMMIT_KEEP,
     _INSERT, _INSERT_LEASED, _FORGET, _DELETE, *OUTBOX_STATEMENTS,
@@ -290,6 +297,10 @@ class UploadRecords:
         return Summary(
             int(row.incomplete), int(row.incomplete_bytes), oldest, int(row.expired), int(row.stored_bytes)
         )
+
+    async def incomplete(self, limit: int) -> list[tuple[Upload, bool]]:
+        """Unfinished uploads, longest idle first, each with whether a lease is held on it now."""
+        return [(_to_upload(row), bool(row.held)) for row in await self._rows(_IDLE_FIRST, limit=limit)]
 
     async def ping(self) -> None:
         """One trivial statement: raises `ServiceUnavailable` if the database cannot be reached."""

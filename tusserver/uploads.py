@@ -154,6 +154,7 @@ class UploadService:
             await self.storage.finish(upload)
             log.info("upload_finished upload_id=%s length=%s", upload.id, upload.length)
             metrics.upload_finished(upload)
+            self.pipeline.activity.finished(upload)
         self.hooks.committed()
         return upload
 
@@ -190,6 +191,7 @@ class UploadService:
         log.info("upload_concatenated upload_id=%s parts=%d length=%d", upload.id, len(parts), length)
         metrics.uploads_created.inc()
         metrics.upload_finished(upload)
+        self.pipeline.activity.finished(upload)
         self.hooks.committed()
         if not self.policy.keep_partials:
             for part_id in dict.fromkeys(part.id for part in parts):  # each once, in order
