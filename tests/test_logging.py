@@ -33,6 +33,9 @@ def _traffic(server: ServerProcess) -> tuple[str, str]:
     assert len(generated) == 16
     odd = httpx.head(location, headers={**TUS, "X-Request-ID": "spaces and\ttabs"})
     assert odd.headers["X-Request-ID"] != "spaces and\ttabs"  # not echoed into logs as given
+    root = f"http://127.0.0.1:{server.port}"
+    assert httpx.get(root + "/health/live").status_code == 200  # probes and scrapes: debug only
+    assert httpx.get(root + "/metrics").status_code == 200
     return location, generated
 
 
@@ -59,6 +62,7 @@ def test_json_log_lines_parse_and_carry_request_ids(tmp_path: Path) -> None:
     events = {(entry["event"], entry.get("request_id")) for entry in entries}
     assert ("upload_created", "client-id-1") in events
     assert ("upload_finished", patch_id) in events
+    assert not any(entry.get("path") in {"/health/live", "/metrics"} for entry in entries)
     assert location not in text  # an upload URL is a credential: never logged with its host
     assert f"127.0.0.1:{server.port}/files/" not in text
 

@@ -13,8 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import app_client
 from tests.operator_browser import chromium, count_pixels
 from tests.servers import ServerProcess
+from tusserver import Settings
 
 TUS = {"Tus-Resumable": "1.0.0"}
 OCTETS = {**TUS, "Content-Type": "application/offset+octet-stream"}
@@ -40,6 +42,13 @@ def _create(server: ServerProcess, length: int, name: str) -> str:
     )
     assert answer.status_code == 201
     return str(answer.headers["Location"])
+
+
+@pytest.mark.anyio
+async def test_no_operator_page_without_a_token(tmp_path: Path) -> None:
+    async with app_client(Settings(data_dir=tmp_path / "data")) as http:
+        assert (await http.get("/admin")).status_code == 404
+        assert (await http.get("/admin/state.json", headers={"Authorization": "Bearer x"})).status_code == 404
 
 
 def test_token_is_required(server: ServerProcess) -> None:
