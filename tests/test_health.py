@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -20,14 +19,6 @@ from tests.servers import ServerProcess
 from tusserver import Settings
 
 TUS = {"Tus-Resumable": "1.0.0"}
-
-
-@pytest.fixture
-def cluster() -> Iterator[PostgresCluster]:
-    cluster = PostgresCluster()
-    cluster.start()
-    yield cluster
-    cluster.remove()
 
 
 def _ready_until(root: str, status: int, timeout: float = 30.0) -> httpx.Response:
