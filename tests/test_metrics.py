@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import app_client
 from tests.helpers import MiB, raw_patch_head
+from tests.hook_receiver import HookReceiver
 from tests.scrape import Samples, names, poll, scrape, value
 from tests.servers import ServerProcess
 from tusserver import Settings
@@ -45,6 +46,13 @@ def start(tmp_path: Path, database_url: str) -> Iterator[Callable[..., ServerPro
     for server in servers:
         server.stop()
         assert "Traceback" not in server.log()
+
+
+@pytest.fixture
+def receiver() -> Iterator[HookReceiver]:
+    receiver = HookReceiver()
+    yield receiver
+    receiver.close()
 
 
 def _delta(after: Samples, before: Samples, name: str, **labels: str) -> float:
@@ -230,3 +238,50 @@ def test_storage_errors_are_their_own_cause() -> None:
     assert failure_cause(UploadDataLost("gone")) == "storage"
     assert failure_cause(StorageFull("full")) == "storage_full"
     assert failure_cause(UploadGone("expired")) == "gone"
+
+
+def test_a_takeover_is_counted(start: Callable[..., ServerProcess]) -> None:
+    server = start()
+    root = _root(server)
+    location = httpx.post(server.url, headers={**TUS, "Upload-Length": "100"}).headers["Location"]
+    before = scrape(root)
+    with socket.create_connection(("127.0.0.1", server.port)) as raw:  # a PATCH that stalls mid-body
+        raw.sendall(raw_patch_head(server.port, httpx.URL(location).path, 0, 50) + b"s" * 5)
+        poll(root, lambda s: value(s, "tusserver_uploads_in_progress") == 1, what="the PATCH streaming")
+        resumed = httpx.head(location, headers=TUS)  # a client resuming asks the stalled request to stop
+        assert resumed.headers["Upload-Offset"] == "5"
+        raw.settimeout(10)
+        assert raw.recv(100).startswith(b"HTTP/1.1 409")
+    after = scrape(root)
+    assert _delta(after, before, "tusserver_lock_takeovers_total") == 1
+    assert _delta(after, before, "tusserver_patch_failures_total", cause="conflict") == 1
+    assert _delta(after, before, "tusserver_committed_bytes_total") == 5
+
+
+def test_hook_deliveries_retries_and_backlog(
+    start: Callable[..., ServerProcess], receiver: HookReceiver
+) -> None:
+    receiver.failing_until = time.monotonic() + 3600
+    server = start("--hooks-http", receiver.url, "--hooks-enabled-events", "post-create,post-finish",
+                   "--hooks-backoff-max", "1")  # fmt: skip
+    root = _root(server)
+    assert httpx.post(server.url, headers={**TUS, "Upload-Length": "0"}).status_code == 201
+    poll(
+        root,
+        lambda s: (
+            value(s, "tusserver_hook_deliveries_total", result="retry") >= 1
+            and value(s, "tusserver_hook_events", state="pending") >= 1
+        ),
+        what="a failed delivery retried and pending",
+    )
+    receiver.failing_until = 0.0
+    after = poll(
+        root,
+        lambda s: (
+            value(s, "tusserver_hook_deliveries_total", result="delivered") == 2
+            and value(s, "tusserver_hook_events", state="pending") == 0
+        ),
+        what="both events delivered, none pending",
+    )
+    assert value(after, "tusserver_hook_events", state="dead") == 0
+    assert value(after, "tusserver_hook_deliveries_total", result="dead") == 0
