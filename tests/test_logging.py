@@ -9,8 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
+from tests.conftest import app_client
+from tests.helpers import BASE
 from tests.servers import ServerProcess
+from tusserver import Settings
 
 TUS = {"Tus-Resumable": "1.0.0"}
 OCTETS = {**TUS, "Content-Type": "application/offset+octet-stream"}
@@ -80,3 +84,12 @@ def test_text_log_stays_readable(tmp_path: Path) -> None:
     assert any("upload_created" in line and "request_id=client-id-1" in line for line in lines)
     assert location not in server.log()
     assert not any(line.lstrip().startswith("{") for line in lines)
+
+
+@pytest.mark.anyio
+async def test_browsers_can_read_the_request_id(tmp_path: Path) -> None:
+    async with app_client(Settings(data_dir=tmp_path / "data")) as http:
+        answer = await http.post(BASE, headers={"Upload-Length": "1", "Origin": "https://app.example"})
+    assert answer.status_code == 201
+    assert "X-Request-ID" in answer.headers["Access-Control-Expose-Headers"]
+    assert answer.headers["X-Request-ID"]

@@ -19,7 +19,7 @@ ALLOW_HEADERS = (
 EXPOSE_HEADERS = (
     "Location, Upload-Offset, Upload-Length, Upload-Metadata, Upload-Defer-Length, Upload-Concat, "
     "Upload-Expires, Tus-Version, Tus-Resumable, Tus-Max-Size, Tus-Extension, Tus-Checksum-Algorithm, "
-    "Content-Range, Content-Disposition, Content-Length"
+    "Content-Range, Content-Disposition, Content-Length, X-Request-ID"
 )
 MAX_AGE = "86400"
 
