@@ -59,6 +59,9 @@ def test_token_is_required(server: ServerProcess) -> None:
     assert httpx.get(root + "/state.json", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert httpx.get(root + "/state.json", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
     assert httpx.post(root + "/login", data={"token": "wrong"}).status_code == 401
+    upload = _create(server, 10, "kept.bin")
+    assert httpx.delete(root + "/uploads/" + upload.rsplit("/", 1)[1]).status_code == 401
+    assert httpx.head(upload, headers=TUS).status_code == 200
 
 
 def test_operator_page_in_chromium(server: ServerProcess, tmp_path: Path) -> None:

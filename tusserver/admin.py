@@ -32,6 +32,9 @@ from tusserver.uploads import UploadService
 COOKIE = "tusserver_admin"
 LISTED = 100
 """Unfinished uploads listed at most."""
+LIST_EVERY = 3.0
+"""Seconds the list of unfinished uploads is reused (a query that scans them), whatever the number
+of open pages; a delete from the page refreshes it at once."""
 _ASSETS = {"admin.js": "text/javascript", "admin.css": "text/css"}
 _NO_STORE = {"Cache-Control": "no-store"}
 
@@ -56,6 +59,8 @@ class AdminPage:
     def __init__(self, settings: Settings, token: str) -> None:
         self.path = settings.admin_path
         self.token = token
+        self._listed: list[tuple[Upload, bool]] = []
+        self._listed_at = -LIST_EVERY
 
     def routes(self) -> list[Route]:
         return [
@@ -105,9 +110,11 @@ class AdminPage:
         active = list(activity.active.values())
         here = {entry.upload.id for entry in active}
         try:
-            unfinished = await service.records.incomplete(LISTED)
+            if time.monotonic() - self._listed_at >= LIST_EVERY:
+                self._listed = await service.records.incomplete(LISTED)
+                self._listed_at = time.monotonic()
             listed: list[dict[str, Any]] | None = [
-                _unfinished(upload, held) for upload, held in unfinished if upload.id not in here
+                _unfinished(upload, held) for upload, held in self._listed if upload.id not in here
             ]
         except TusError:
             listed = None  # the database is away: the rest of the page still says something
@@ -140,6 +147,7 @@ class AdminPage:
             return JSONResponse(
                 {"error": problem.message}, status_code=problem.status, headers=problem.headers
             )
+        self._listed_at = -LIST_EVERY  # the next poll lists afresh
         return Response(status_code=204)
 
 
