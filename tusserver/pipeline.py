@@ -20,7 +20,9 @@ and the answer every way of ending implies:
 
 The per-chunk path is a loop over `receive()` with no task, no queue and no generator per chunk: a
 length check, one clock read and the writer's append. A stalled body is interrupted by cancelling the
-one `receive()` it waits on (`BodyReader.poke`); nothing else is ever cancelled.
+one `receive()` it waits on (`BodyReader.poke`); nothing else is ever cancelled. Bytes are counted for
+`/metrics` at checkpoints and once when the body ends, and a body is registered with `activity` (the
+operator page) once when it starts and once when it ends: never per chunk.
 """
 
 from __future__ import annotations
