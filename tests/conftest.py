@@ -19,6 +19,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
+from tests.pgcluster import PostgresCluster
 from tests.servers import ServerProcess
 from tusserver import Settings, create_app
 from tusserver.protocol import TUS_RESUMABLE, TUS_VERSION
@@ -153,6 +154,15 @@ class AppClient:
     async def __aexit__(self, *exc_info: object) -> None:
         await self._http.aclose()
         await self._lifespan.__aexit__(None, None, None)
+
+
+@pytest.fixture
+def cluster() -> Iterator[PostgresCluster]:
+    """A PostgreSQL cluster of the test's own, started (tests stop and start it under a server)."""
+    cluster = PostgresCluster()
+    cluster.start()
+    yield cluster
+    cluster.remove()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ server recovers by itself when the database is back (issue 4, database trouble).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -15,14 +14,6 @@ from tests.servers import ServerProcess
 pytestmark = pytest.mark.postgresql
 TUS = {"Tus-Resumable": "1.0.0"}
 OCTETS = {**TUS, "Content-Type": "application/offset+octet-stream"}
-
-
-@pytest.fixture
-def cluster() -> Iterator[PostgresCluster]:
-    cluster = PostgresCluster()
-    cluster.start()
-    yield cluster
-    cluster.remove()
 
 
 def test_database_outage_gives_503_then_recovers(cluster: PostgresCluster, tmp_path: Path) -> None:

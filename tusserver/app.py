@@ -22,13 +22,17 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from tusserver import demo, ietf_handlers
+from tusserver import demo, ietf_handlers, logs, metrics, ops
+from tusserver.access import AccessMiddleware
+from tusserver.admin import AdminPage
 from tusserver.allocator import tune_malloc
 from tusserver.config import Settings
 from tusserver.cors import CorsMiddleware
 from tusserver.errors import TusError
 from tusserver.failsafe import FailsafeMiddleware
+from tusserver.health import Readiness
 from tusserver.middleware import TusMiddleware
+from tusserver.observed import Observer
 from tusserver.runtime import build_hooks, running
 
 log = logging.getLogger(__name__)
@@ -39,7 +43,9 @@ _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 def app_from_env() -> Starlette:
     """Factory for ASGI servers: `uvicorn --factory tusserver.app:app_from_env` (settings from
     `TUSSERVER_*`). It also asks in-flight uploads to finish early on SIGTERM / SIGINT."""
-    return create_app(Settings.from_env(), stop_on_signals=True)
+    settings = Settings.from_env()
+    logs.configure(settings.log_level, settings.log_format)  # each worker process sets up its own
+    return create_app(settings, stop_on_signals=True)
 
 
 def create_app(
@@ -51,7 +57,12 @@ def create_app(
     tune_malloc()  # every process that serves, workers and embedders too (allocator.py)
     built = build_hooks(settings, hooks)  # fail at start-up, not at the first finished upload
     base = settings.base_path
+    ops_paths = ops.paths(settings)
+    admin = AdminPage(settings, settings.admin_token) if settings.admin_token else None
+    exempt = [*ops_paths, settings.admin_path] if admin else ops_paths
     routes = [
+        *ops.routes(settings),
+        *(admin.routes() if admin else []),
         Route(base, ietf_handlers.collection, methods=_METHODS),
         Route(base + "{upload_id}", ietf_handlers.resource, methods=_METHODS),
     ]
@@ -64,6 +75,10 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with running(settings, built) as runtime:
             app.state.service = runtime.service
+            service = runtime.service
+            readiness = Readiness(service.records, service.storage, settings.database_timeout)
+            app.state.observer = observer = Observer(service.records, service.storage, readiness)
+            sampling = asyncio.create_task(observer.sample())
             if stop_on_signals:
                 _stop_uploads_on_signals(runtime.service.locks.stop_all)
             sweeping = None
@@ -73,15 +88,18 @@ def create_app(
             try:
                 yield
             finally:
-                if sweeping is not None:
-                    sweeping.cancel()
-                    await asyncio.gather(sweeping, return_exceptions=True)
+                for task in (sweeping, sampling):
+                    if task is not None:
+                        task.cancel()
+                        await asyncio.gather(task, return_exceptions=True)
+                metrics.process_ended()
 
     middleware = [
+        Middleware(AccessMiddleware, quiet_paths=ops_paths),
         Middleware(
             CorsMiddleware, origins=settings.cors_origins, allow_credentials=settings.cors_allow_credentials
         ),
-        Middleware(TusMiddleware),
+        Middleware(TusMiddleware, exempt_paths=exempt),
         Middleware(FailsafeMiddleware),  # innermost: its 500 still gets the headers added above
     ]
     app = Starlette(

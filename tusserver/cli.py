@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
+import contextlib
 import os
+import shutil
 import signal
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from types import FrameType
 
 import uvicorn
 
+from tusserver import logs, metrics
 from tusserver.allocator import export_to_children, tune_malloc
 from tusserver.app import create_app
 from tusserver.config import ENV_PREFIX, Settings
@@ -45,6 +48,12 @@ _SERVE_FLAGS: list[tuple[str, str | None, str]] = [
     ("hooks-max-age", "DURATION", "how long a failing post-hook is retried before it is dead (24h)"),
     ("hooks-backoff-max", "SECONDS", "longest wait between two delivery attempts (default 300)"),
     ("log-level", "LEVEL", "debug, info, warning or error (default info)"),
+    ("log-format", "FORMAT", "text, or json: one object per line with request IDs (default text)"),
+    ("metrics-path", "PATH", "where Prometheus scrapes the metrics (default /metrics)"),
+    ("disable-metrics", None, "serve no metrics endpoint"),
+    ("health-path", "PATH", "prefix of the probes PATH/live and PATH/ready (default /health)"),
+    ("admin-path", "PATH", "where the operator page lives (default /admin)"),
+    ("admin-token", "SECRET", "token that opens the operator page; without it there is none"),
     ("expire-after", "DURATION", "lifetime of an unfinished upload after its last activity (default 24h)"),
     ("retain-finished", "DURATION", "lifetime of a finished upload, e.g. 30d (default: forever)"),
     ("cleanup-interval", "DURATION", "how often expired uploads are deleted (default 60s; 0 disables)"),
@@ -74,7 +83,7 @@ _SERVE_FLAGS: list[tuple[str, str | None, str]] = [
     ("lock-ttl", "SECONDS", "how long an upload lock outlives a killed process (default 6)"),
     ("hook-timeout", "SECONDS", "time limit of a webhook call and of hooks at shutdown (default 30)"),
 ]  # fmt: skip
-_STORAGE_FLAGS = {"data-dir", "database-url", "database-timeout", "log-level"}
+_STORAGE_FLAGS = {"data-dir", "database-url", "database-timeout", "log-level", "log-format"}
 
 
 def _flag_help(name: str, text: str) -> str:
@@ -150,11 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"tusserver: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per hook call: hook_* lines say it
+    logs.configure(settings.log_level, settings.log_format)
     if args.command == "serve":
         return serve(settings)
     try:
@@ -225,6 +230,29 @@ def serve(settings: Settings) -> int:
         return 1
     os.environ.update(settings.to_env())
     _exit_cleanly_after_shutdown()
+    with _metrics_shared_by_workers(settings.workers):
+        _run_uvicorn(settings)
+    return 0
+
+
+@contextlib.contextmanager
+def _metrics_shared_by_workers(workers: int) -> Iterator[None]:
+    """With several workers, each keeps its metrics in files of one fresh directory that a scrape of
+    any of them adds up (prometheus-client's multiprocess mode); removed when the server stops. An
+    operator's own `PROMETHEUS_MULTIPROC_DIR` is used as it is."""
+    if workers <= 1 or metrics.MULTIPROC_ENV in os.environ:
+        yield
+        return
+    directory = tempfile.mkdtemp(prefix="tusserver-metrics-")
+    os.environ[metrics.MULTIPROC_ENV] = directory
+    try:
+        yield
+    finally:
+        del os.environ[metrics.MULTIPROC_ENV]
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _run_uvicorn(settings: Settings) -> None:
     uvicorn.run(
         "tusserver.app:app_from_env",
         factory=True,
@@ -237,8 +265,9 @@ def serve(settings: Settings) -> int:
         timeout_graceful_shutdown=int(settings.shutdown_timeout),
         http=InterimHttpToolsProtocol,  # 431 / 408 on request heads (limits from the environment above), 104s
         limit_concurrency=_concurrency_limit(settings.max_concurrency),
+        log_config=None,  # the app's own set-up (logs.configure), in every worker
+        access_log=False,  # the app logs one `request` line per request (access.py)
     )
-    return 0
 
 
 def _exit_cleanly_after_shutdown() -> None:

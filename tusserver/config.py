@@ -50,6 +50,18 @@ class Settings:
     webhook_url: str | None = None
     """URL that receives a JSON POST once per finished upload."""
     log_level: str = "info"
+    log_format: str = "text"
+    """`text` (readable lines) or `json` (one object per line, with the request ID)."""
+    metrics_path: str = "/metrics"
+    """Where Prometheus scrapes the metrics."""
+    disable_metrics: bool = False
+    """Serve no metrics endpoint."""
+    health_path: str = "/health"
+    """Prefix of the probes: `<health_path>/live` and `<health_path>/ready`."""
+    admin_path: str = "/admin"
+    """Where the operator page lives (only with `admin_token`)."""
+    admin_token: str | None = None
+    """Secret that opens the operator page (bearer header or login form); None: no operator page."""
     lock_timeout: float = 10.0
     """Seconds a request waits for another request on the same upload before answering 423."""
     lock_ttl: float = 6.0
@@ -131,6 +143,8 @@ class Settings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "base_path", normalize_base_path(self.base_path))
+        for name in ("metrics_path", "health_path", "admin_path"):
+            object.__setattr__(self, name, _url_path(getattr(self, name)))
         object.__setattr__(self, "data_dir", Path(self.data_dir))
 
     @property
@@ -215,6 +229,21 @@ def _free_space(text: str) -> str:
     return value
 
 
+def _log_format(text: str) -> str:
+    value = text.strip().lower()
+    if value not in {"text", "json"}:
+        raise ValueError(f"not a log format: {text!r} (use text or json)")
+    return value
+
+
+def _url_path(text: str) -> str:
+    """`/metrics`, `metrics/` -> `/metrics`: one leading slash, none trailing."""
+    value = "/" + text.strip().strip("/")
+    if value == "/":
+        raise ValueError(f"not a path for an endpoint of its own: {text!r}")
+    return value
+
+
 _FIELD_PARSERS: dict[str, Callable[[str], object]] = {
     "host": str,
     "port": int,
@@ -225,6 +254,12 @@ _FIELD_PARSERS: dict[str, Callable[[str], object]] = {
     "on_finish": str,
     "webhook_url": str,
     "log_level": str,
+    "log_format": _log_format,
+    "metrics_path": _url_path,
+    "disable_metrics": parse_bool,
+    "health_path": _url_path,
+    "admin_path": _url_path,
+    "admin_token": str,
     "lock_timeout": float,
     "lock_ttl": float,
     "hook_timeout": float,

@@ -26,7 +26,7 @@ EXPOSE_HEADERS = (
     "Upload-Expires, Tus-Version, Tus-Resumable, Tus-Max-Size, Tus-Extension, Tus-Checksum-Algorithm, "
     "Content-Range, Content-Disposition, Content-Length, Upload-Complete, Upload-Limit, "
     "Upload-Draft-Interop-Version, Accept-Patch, Accept-Ranges, Cache-Control, ETag, Last-Modified, "
-    "Retry-After"
+    "Retry-After, X-Request-ID"
 )
 MAX_AGE = "86400"
 _LISTED = frozenset(name.strip().lower() for name in ALLOW_HEADERS.split(","))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from tusserver import metrics
 from tusserver.config import Settings
 from tusserver.core import Upload, is_upload_id, utcnow
 from tusserver.downloads import (
@@ -20,8 +21,9 @@ from tusserver.downloads import (
     not_modified,
     parse_range,
 )
-from tusserver.errors import MethodNotAllowed, OffsetMismatch, TooLarge, UploadNotFound
+from tusserver.errors import MethodNotAllowed, OffsetMismatch, TooLarge, TusError, UploadNotFound
 from tusserver.events import EventType, RequestInfo
+from tusserver.logs import note_upload
 from tusserver.pipeline import Body, BodyReader
 from tusserver.protocol import (
     CACHE_CONTROL,
@@ -84,6 +86,7 @@ async def resource(request: Request) -> Response:
     upload_id = request.path_params["upload_id"]
     if not is_upload_id(upload_id):
         raise UploadNotFound(upload_id)
+    note_upload(upload_id)
     if request.method in _ACCESS_CHECKED:
         await _pre_access(request, upload_id)
     if request.method == "HEAD":
@@ -125,6 +128,7 @@ async def create(request: Request) -> Response:
     if body is not None:
         require_offset_stream(headers.get(CONTENT_TYPE))
     upload = await _service(request).create(new, body, _for_hooks(request))
+    note_upload(upload.id)
     location = _public_base(request) + _settings(request).base_path + upload.id
     return Response(status_code=201, headers={LOCATION: location, **_progress_headers(upload)})
 
@@ -135,11 +139,24 @@ async def head(request: Request, upload_id: str) -> Response:
 
 
 async def patch(request: Request, upload_id: str) -> Response:
+    """PATCH; one that does not take its whole body is counted by cause (the answer's status, or
+    `disconnect` when the client left: then nobody reads the answer)."""
     headers = request.headers
-    require_offset_stream(headers.get(CONTENT_TYPE))
-    offset = parse_offset(headers.get(UPLOAD_OFFSET))
-    declared = parse_size(headers.get(UPLOAD_LENGTH), UPLOAD_LENGTH)
-    upload = await _service(request).append(upload_id, offset, _body(request), declared)
+    service = _service(request)
+    try:
+        require_offset_stream(headers.get(CONTENT_TYPE))
+        offset = parse_offset(headers.get(UPLOAD_OFFSET))
+        declared = parse_size(headers.get(UPLOAD_LENGTH), UPLOAD_LENGTH)
+        body = _body(request)
+        upload = await service.append(upload_id, offset, body, declared)
+    except TusError as problem:
+        cause = metrics.failure_cause(problem)
+        metrics.patch_failures.labels(cause).inc()
+        service.pipeline.activity.failed(upload_id, cause)
+        raise
+    if body.reader.disconnected:
+        metrics.patch_failures.labels("disconnect").inc()
+        service.pipeline.activity.failed(upload_id, "disconnect", upload)
     return Response(status_code=204, headers=_progress_headers(upload))
 
 

@@ -33,6 +33,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+from tusserver import metrics
 from tusserver.core import Upload
 from tusserver.errors import ServiceUnavailable, UploadLocked, UploadStopped
 from tusserver.records import UploadRecords
@@ -211,7 +212,8 @@ class UploadLocks:
 
     async def _take_from_local(self, holder: Lease, deadline: float) -> None:
         """Same process: tell the holder directly and wait for its release event."""
-        holder.move(LeaseState.TAKEOVER)
+        if holder.move(LeaseState.TAKEOVER):
+            metrics.lock_takeovers.inc()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(max(deadline - time.monotonic(), 0)):
                 await holder.freed.wait()
@@ -220,10 +222,13 @@ class UploadLocks:
         owner = self.new_owner()
         deadline = time.monotonic() + self._wait_timeout
         delay = 0.005
-        asked = False
+        asked = waited = False
         while True:
             local = self._local.get(upload_id)
             if local is not None:
+                if not waited:
+                    metrics.lock_waits.inc()  # once per request that had to wait for someone
+                    waited = True
                 await self._take_from_local(local, deadline)
             sent_at = time.monotonic()
             ask = not asked and local is None
@@ -232,6 +237,11 @@ class UploadLocks:
                 lease = Lease(upload, owner, self.ttl)
                 lease.renewed(sent_at)
                 return lease
+            if not waited:
+                metrics.lock_waits.inc()
+                waited = True
+            if ask:
+                metrics.lock_takeovers.inc()
             asked = True
             if time.monotonic() + delay > deadline:
                 raise UploadLocked("upload is busy with another request, retry later")

@@ -10,7 +10,7 @@ exempt from both: it speaks the draft, not tus 1.0.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Collection, MutableMapping
 from typing import Any
 
 from tusserver.ietf import INTEROP_VERSION, interop_of
@@ -39,11 +39,16 @@ def request_header(scope: Scope, name: bytes) -> bytes | None:
 
 
 class TusMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, exempt_paths: Collection[str] = ()) -> None:
+        """`exempt_paths`: paths (and what lies below them) that are no tus endpoint: probes,
+        metrics, the operator page."""
         self.app = app
+        self.exempt = tuple(exempt_paths)
+        self.exempt_below = tuple(path + "/" for path in exempt_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path in self.exempt or path.startswith(self.exempt_below):
             await self.app(scope, receive, send)
             return
         override = request_header(scope, _OVERRIDE)

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 
+from tusserver import metrics
 from tusserver.core import utcnow
 from tusserver.errors import ServiceUnavailable
 from tusserver.schema import db_deadline, db_now, hook_event_table
@@ -195,6 +196,17 @@ class Outbox:
         )
         return [Listed(*row) for row in (await self._runner.run(query)).rows]
 
+    async def backlog(self) -> dict[str, int]:
+        """How many events are pending and dead (for `/metrics` and the operator page)."""
+        query = (
+            sa.select(_e.state, sa.func.count().label("events"))
+            .where(_e.state.in_([PENDING, DEAD]))
+            .group_by(_e.state)
+        )
+        counts = {PENDING: 0, DEAD: 0}
+        counts.update({row.state: int(row.events) for row in (await self._runner.run(query)).rows})
+        return counts
+
     async def again(self, event_id: str | None = None) -> int:
         """Deliver a delivered or dead event again (`event_id`), or every dead one (None): how many."""
         if event_id is None:
@@ -261,6 +273,7 @@ class Dispatcher:
                 event, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
             )
             return
+        metrics.hook_deliveries.labels("delivered").inc()
         try:
             await self._outbox.delivered(event.id, self._me)
         except ServiceUnavailable:  # delivered, but not marked: it will be delivered again
@@ -272,12 +285,14 @@ class Dispatcher:
     async def _failed(self, event: Claimed, error: str) -> None:
         try:
             if utcnow() - event.created_at > self._max_age:
+                metrics.hook_deliveries.labels("dead").inc()
                 await self._outbox.dead(event.id, self._me, error)
                 log.error(
                     "hook_dead event_id=%s sink=%s type=%s upload_id=%s attempts=%d error=%s",
                     event.id, event.sink, event.type, event.upload_id, event.attempts, error,
                 )  # fmt: skip
                 return
+            metrics.hook_deliveries.labels("retry").inc()
             delay = self.backoff(event.attempts)
             await self._outbox.retry(event.id, self._me, delay, error)
             log.warning(

@@ -114,6 +114,11 @@ class AsyncRunner:
                 raise unavailable(exc) from exc
             raise
 
+    def in_use(self) -> int:
+        """Connections checked out of this runner's pool now."""
+        checked_out = getattr(self._engine.sync_engine.pool, "checkedout", None)
+        return int(checked_out()) if callable(checked_out) else 0
+
     async def close(self) -> None:
         await self._engine.dispose()
 
@@ -226,6 +231,12 @@ class DirectRunner:
             reset=_keep,
             **connect_arguments(self._timeout),
         )
+
+    def in_use(self) -> int:
+        """Connections checked out of both pools now (for `/metrics`)."""
+        pool = self._pool
+        direct = pool.get_size() - pool.get_idle_size() if pool is not None else 0
+        return int(direct) + self._fallback.in_use()
 
     async def close(self) -> None:
         if self._pool is not None:

@@ -21,7 +21,9 @@ and the answer every way of ending implies:
 
 The per-chunk path is a loop over `receive()` with no task, no queue and no generator per chunk: a
 length check, one clock read and the writer's append. A stalled body is interrupted by cancelling the
-one `receive()` it waits on (`BodyReader.poke`); nothing else is ever cancelled.
+one `receive()` it waits on (`BodyReader.poke`); nothing else is ever cancelled. Bytes are counted for
+`/metrics` at checkpoints and once when the body ends, and a body is registered with `activity` (the
+operator page) once when it starts and once when it ends: never per chunk.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from tusserver import metrics
+from tusserver.activity import Activity
 from tusserver.core import Hasher, Storage, StorageWriter, Upload, WriteResult, utcnow
 from tusserver.errors import (
     BadRequest,
@@ -51,6 +55,7 @@ from tusserver.errors import (
 from tusserver.events import EventType, RequestInfo
 from tusserver.hooks import HookRejected, Hooks
 from tusserver.locking import Lease, LeaseState, UploadLocks
+from tusserver.logs import current_request
 from tusserver.policy import Policy, is_expired
 from tusserver.protocol import UPLOAD_LENGTH, UPLOAD_OFFSET, Checksum, parse_checksum
 from tusserver.records import UploadRecords
@@ -153,6 +158,7 @@ class WritePipeline:
         self.policy = policy
         self.hooks = hooks
         self.network_timeout = network_timeout
+        self.activity = Activity()
 
     async def append(self, upload_id: str, offset: int, body: Body, declared_length: int | None) -> Upload:
         """PATCH: append `body` at `offset`, declaring a deferred length if given."""
@@ -195,11 +201,22 @@ class WritePipeline:
         hasher = checksum.hasher() if checksum else None
         run = _Run(self, lease, upload, body.reader, hasher, body.request)
         lease.watch(body.reader.poke, run.tick)
+        metrics.bodies_in_progress.inc()
+        offset = upload.offset
+        token = self.activity.begin(upload, run)
         try:
             await run.stream()
-            return await self._conclude(run, checksum)
+            outcome = await self._conclude(run, checksum)
+            offset = outcome.upload.offset
+            return outcome
         finally:
             lease.unwatch()
+            self.activity.end(token)
+            metrics.bodies_in_progress.dec()
+            run.report(max(offset, run.upload.offset))
+            context = current_request()
+            if context is not None:
+                context.bytes_in += run.received
 
     async def _conclude(self, run: _Run, checksum: Checksum | None) -> Outcome:
         stopped = run.stopped_as  # a body read whole counts, even if a stop came just after
@@ -246,6 +263,8 @@ class WritePipeline:
         if completing:
             await self.storage.finish(committed)  # only the request that completed it gets here: once
             log.info("upload_finished upload_id=%s length=%s", committed.id, committed.length)
+            metrics.upload_finished(committed)
+            self.activity.finished(committed)
             self.hooks.committed()
         return committed
 
@@ -306,6 +325,8 @@ class _Run:
         self.exceeded = False
         self.received = 0
         self.checkpointed = 0
+        self.reported_received = 0
+        self.reported_offset = upload.offset
         self.failure: TusError | None = None
         self.refused: UploadRejected | None = None
         """The pre-finish hook's refusal of the upload this body completed."""
@@ -383,8 +404,16 @@ class _Run:
             return
         self.lease.renewed(sent_at)
         self.upload, self.checkpointed = committed, result.written
+        self.report(committed.offset)
         if pipeline.hooks.reports_progress:
             pipeline.hooks.progressed(committed, pipeline.storage.describe(committed), self.request)
+
+    def report(self, offset: int) -> None:
+        """Count the bytes received and committed since the last report: at checkpoints and once
+        when the body ends, never per chunk."""
+        metrics.bytes_received.inc(self.received - self.reported_received)
+        metrics.bytes_committed.inc(max(offset - self.reported_offset, 0))
+        self.reported_received, self.reported_offset = self.received, max(offset, self.reported_offset)
 
     def tick(self, now: float) -> None:
         """About once a second, from the lease keeper: a silent client times out; a slow one gets

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import fields
-from datetime import datetime
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -104,11 +104,41 @@ _CREATED_BEFORE = (
     .limit(_p("limit", type_=sa.Integer))
 )
 _DELETE = sa.delete(upload_table).where(_OWNED)
+_PING = sa.select(sa.literal(1).label("one"))
+_HELD = sa.and_(_t.lock_owner.is_not(None), _t.lock_expires_at > db_now()).label("held")
+_IDLE_FIRST = (
+    sa.select(*_UPLOAD_COLUMNS, _HELD)
+    .where(_t.completed_at.is_(None))
+    .order_by(_t.updated_at)
+    .limit(_p("limit", type_=sa.Integer))
+)
 _PREPARED = (
     _GET, _EXISTS, _ACQUIRE, _ASK_RELEASE, _RELEASE, _COMMIT_RELEASE, _COMMIT_KEEP,
     _INSERT, _INSERT_LEASED, _FORGET, _DELETE, *OUTBOX_STATEMENTS,
 )  # fmt: skip
 """The statements of every request, run on the database driver itself (`prepared.py`)."""
+
+
+_INCOMPLETE = _t.completed_at.is_(None)
+_SUMMARY = sa.select(
+    sa.func.count().filter(_INCOMPLETE).label("incomplete"),
+    sa.func.coalesce(sa.func.sum(_t.offset).filter(_INCOMPLETE), 0).label("incomplete_bytes"),
+    sa.func.min(_t.created_at).filter(_INCOMPLETE).label("oldest_incomplete"),
+    sa.func.count().filter(_t.expires_at <= _p("now", type_=_t.expires_at.type)).label("expired"),
+    sa.func.coalesce(sa.func.sum(_t.offset), 0).label("stored_bytes"),
+)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What the upload table holds, for metrics (one aggregate query)."""
+
+    incomplete: int
+    incomplete_bytes: int
+    oldest_incomplete: datetime | None
+    expired: int
+    """Uploads past their expiry that the sweeper has not deleted yet."""
+    stored_bytes: int
 
 
 def _to_upload(row: Any) -> Upload:
@@ -264,3 +294,28 @@ class UploadRecords:
         """Delete the row if `owner` holds its lease (with the outbox rows of `events`); False if it
         did not."""
         return await self._run(_DELETE, {"upload_id": upload_id, "holder": owner}, events) > 0
+
+    async def summary(self, now: datetime) -> Summary:
+        """Counts and sums over every upload (for `/metrics`, cached by the caller: a full scan)."""
+        row = (await self._rows(_SUMMARY, now=now))[0]
+        oldest = row.oldest_incomplete
+        if isinstance(oldest, str):  # SQLite's MIN() may come back as the stored text
+            oldest = datetime.fromisoformat(oldest)
+        if oldest is not None and oldest.tzinfo is None:
+            oldest = oldest.replace(tzinfo=UTC)
+        return Summary(
+            int(row.incomplete), int(row.incomplete_bytes), oldest, int(row.expired), int(row.stored_bytes)
+        )
+
+    async def incomplete(self, limit: int) -> list[tuple[Upload, bool]]:
+        """Unfinished uploads, longest idle first, each with whether a lease is held on it now."""
+        return [(_to_upload(row), bool(row.held)) for row in await self._rows(_IDLE_FIRST, limit=limit)]
+
+    async def ping(self) -> None:
+        """One trivial statement: raises `ServiceUnavailable` if the database cannot be reached."""
+        await self._rows(_PING)
+
+    def pool_in_use(self) -> int:
+        """Database connections checked out right now (0 where there is no pool)."""
+        in_use = getattr(self._runner, "in_use", None)
+        return int(in_use()) if callable(in_use) else 0

@@ -19,6 +19,7 @@ import logging
 import time
 from datetime import timedelta
 
+from tusserver import metrics
 from tusserver.core import Storage, Upload, utcnow
 from tusserver.errors import ServiceUnavailable, UploadNotFound
 from tusserver.locking import UploadLocks
@@ -77,6 +78,7 @@ class Sweeper:
         if not await self._records.delete(upload_id, owner):
             return False
         log.info("upload_expired upload_id=%s offset=%d length=%s", upload_id, upload.offset, upload.length)
+        metrics.uploads_expired.inc()
         return True
 
     async def reap_orphans(self) -> int:

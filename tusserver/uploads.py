@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from tusserver import metrics
 from tusserver.core import Storage, Upload, is_upload_id, new_upload_id, utcnow
 from tusserver.errors import (
     BadRequest,
@@ -129,6 +130,7 @@ class UploadService:
         await self.records.add(upload, lease.owner, self.locks.ttl, self._created(upload, http))
         self.hooks.committed()
         log.info("upload_created upload_id=%s length=%s", upload.id, upload.length)
+        metrics.uploads_created.inc()
         async with self.locks.kept(lease):
             await self._create_storage(upload)
             if request.announce is not None:
@@ -167,9 +169,12 @@ class UploadService:
         await self.records.add(upload, events=self._created(upload, http))
         await self._create_storage(upload)
         log.info("upload_created upload_id=%s length=%s", upload.id, upload.length)
+        metrics.uploads_created.inc()
         if upload.completed_at is not None:
             await self.storage.finish(upload)
             log.info("upload_finished upload_id=%s length=%s", upload.id, upload.length)
+            metrics.upload_finished(upload)
+            self.pipeline.activity.finished(upload)
         self.hooks.committed()
         return upload
 
@@ -209,6 +214,9 @@ class UploadService:
             raise
         await self.records.add(upload, events=self._created(upload, http))
         log.info("upload_concatenated upload_id=%s parts=%d length=%d", upload.id, len(parts), length)
+        metrics.uploads_created.inc()
+        metrics.upload_finished(upload)
+        self.pipeline.activity.finished(upload)
         self.hooks.committed()
         if not self.policy.keep_partials:
             for part_id in dict.fromkeys(part.id for part in parts):  # each once, in order
@@ -262,6 +270,7 @@ class UploadService:
             lease.move(LeaseState.RELEASED)
         self.hooks.committed()
         log.info("upload_terminated upload_id=%s", upload_id)
+        metrics.uploads_terminated.inc()
 
     async def _check_size(self, length: int | None) -> None:
         """413 beyond `--max-size`; 507 up front when the storage cannot hold it above its reserve."""

@@ -1,0 +1,75 @@
+"""`AccessMiddleware`, the outermost layer: gives each request its ID (`X-Request-ID` if the client
+sent a sane one, else a new one, echoed in the response), counts it (`tusserver_http_requests_total`,
+duration histograms) and logs one `request` line when it ends: method, path, status, body bytes
+stored, duration. Paths only: upload URLs are credentials, the host is never logged. Probes and
+scrapes (`quiet_paths`) are logged at DEBUG.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import time
+from collections.abc import Collection
+
+from tusserver import metrics
+from tusserver.logs import RequestContext, enter_request, leave_request
+from tusserver.middleware import ASGIApp, Message, Receive, Scope, Send, request_header
+
+log = logging.getLogger("tusserver.access")
+_REQUEST_ID = b"x-request-id"
+_SANE_ID = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class AccessMiddleware:
+    def __init__(self, app: ASGIApp, quiet_paths: Collection[str] = ()) -> None:
+        self.app = app
+        self.quiet_paths = frozenset(quiet_paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.monotonic()
+        given = request_header(scope, _REQUEST_ID)
+        request_id = given.decode() if given and _SANE_ID.fullmatch(given) else secrets.token_hex(8)
+        id_header = (_REQUEST_ID, request_id.encode())
+        client = scope.get("client")
+        context = RequestContext(
+            request_id, scope["method"], scope["path"], f"{client[0]}:{client[1]}" if client else ""
+        )
+        status = 0
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), id_header]
+            await send(message)
+
+        token = enter_request(context)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            leave_request(token)
+            self._record(context, status, time.monotonic() - started)
+
+    def _record(self, context: RequestContext, status: int, seconds: float) -> None:
+        method = context.method if context.method in _METHODS else "OTHER"
+        answered = str(status) if status else "none"  # "none": the client left before any answer
+        metrics.requests.labels(method, answered).inc()
+        if method == "PATCH":
+            metrics.patch_duration.observe(seconds)
+        else:
+            metrics.request_duration.labels(method).observe(seconds)
+        level = logging.DEBUG if context.path in self.quiet_paths else logging.INFO
+        if log.isEnabledFor(level):
+            log.log(
+                level,
+                "request method=%s path=%s status=%s bytes=%d duration_ms=%.1f upload_id=%s client=%s "
+                "request_id=%s",
+                context.method, context.path, answered, context.bytes_in, seconds * 1000,
+                context.upload_id, context.client, context.request_id,
+            )  # fmt: skip
