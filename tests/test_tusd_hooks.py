@@ -398,3 +398,20 @@ def test_an_unreachable_blocking_hook_answers_503(tmp_path: Path, database_url: 
     assert answer.headers["Retry-After"].isdigit()
     assert answer.text.strip() == "the pre-create hook is unavailable, retry later"
     assert list((server.data_dir / "uploads").iterdir()) == []
+
+
+def test_hooks_http_timeout_bounds_a_receiver_that_hangs(tmp_path: Path, database_url: str) -> None:
+    receiver = HookReceiver()
+    receiver.hold.clear()  # the receiver takes the request and never answers
+    flags = ["--hooks-http", receiver.url, "--hook-timeout", "60", "--hooks-http-timeout", "1"]
+    server = ServerProcess(tmp_path / "data", database_url, extra_args=flags)
+    server.start()
+    try:
+        started = time.monotonic()
+        answer = httpx.post(server.url, headers={**TUS, "Upload-Length": "5"}, timeout=30)
+        waited = time.monotonic() - started
+    finally:
+        server.stop()
+        receiver.close()
+    assert answer.status_code == 503
+    assert waited < 10  # --hooks-http-timeout, not --hook-timeout's 60 s

@@ -42,6 +42,7 @@ _SERVE_FLAGS: list[tuple[str, str | None, str]] = [
     ("hooks-python", "MODULE:OBJECT", "Python object with a method per hook event (pre_create, ...)"),
     ("hooks-http", "URL", "receiver of tusd v2 HTTP hooks (pre-create, post-finish, ...)"),
     ("hooks-enabled-events", "EVENTS", "hook events sent, comma-separated (default: tusd's set)"),
+    ("hooks-http-timeout", "SECONDS", "time limit of one --hooks-http call (default: --hook-timeout)"),
     ("hooks-http-forward-headers", "HEADERS", "request headers copied onto hook requests, comma-separated"),
     ("hooks-secret", "SECRET", "sign every hook request with HMAC-SHA256 (Tusserver-Signature)"),
     ("progress-interval", "SECONDS", "at most one post-receive hook per upload this often (default 1)"),

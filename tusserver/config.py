@@ -107,6 +107,8 @@ class Settings:
     hooks_enabled_events: str = "pre-create,post-create,post-receive,post-terminate,post-finish"
     """Comma-separated hook events sent to `hooks_http` (tusd's default set; add `pre-access`,
     `pre-finish`, `pre-terminate` as needed)."""
+    hooks_http_timeout: float | None = None
+    """Seconds one `hooks_http` call may take (tusd's `-hooks-http-timeout`); default `hook_timeout`."""
     hooks_http_forward_headers: str = ""
     """Comma-separated request headers copied onto each hook request."""
     hooks_secret: str | None = None
@@ -283,6 +285,7 @@ _FIELD_PARSERS: dict[str, Callable[[str], object]] = {
     "hooks_python": str,
     "hooks_http": str,
     "hooks_enabled_events": str,
+    "hooks_http_timeout": parse_duration,
     "hooks_http_forward_headers": str,
     "hooks_secret": str,
     "progress_interval": parse_duration,

@@ -55,7 +55,8 @@ def build_hooks(settings: Settings, python_hooks: object | None = None) -> Hooks
     if settings.hooks_http:
         events = parse_events(settings.hooks_enabled_events)
         forward = [name.strip() for name in settings.hooks_http_forward_headers.split(",") if name.strip()]
-        tusd = TusdHttpHooks(settings.hooks_http, settings.hook_timeout, settings.hooks_secret, forward)
+        timeout = settings.hooks_http_timeout or settings.hook_timeout
+        tusd = TusdHttpHooks(settings.hooks_http, timeout, settings.hooks_secret, forward)
         if events & DURABLE:
             routes["hooks-http"] = Route(tusd, events & DURABLE)
         blocking.append((tusd, events & BLOCKING))
