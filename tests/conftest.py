@@ -19,6 +19,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
+from tests.s3server import MotoServer, use_credentials
 from tests.servers import ServerProcess
 from tusserver import Settings, create_app
 from tusserver.protocol import TUS_RESUMABLE, TUS_VERSION
@@ -162,3 +163,22 @@ def server(tmp_path: Path, database_url: str) -> Iterator[ServerProcess]:
     process.start()
     yield process
     process.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    """One moto S3 server for the session (its own process on a loopback port), with the dummy
+    credentials exported while it runs."""
+    server = MotoServer(tmp_path_factory.mktemp("moto") / "moto.log")
+    with use_credentials():
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: MotoServer) -> str:
+    """A new, empty bucket of the session's S3 server."""
+    return s3_server.new_bucket()

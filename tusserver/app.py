@@ -30,6 +30,7 @@ from tusserver.errors import TusError
 from tusserver.failsafe import FailsafeMiddleware
 from tusserver.middleware import TusMiddleware
 from tusserver.runtime import build_hooks, running
+from tusserver.storage import check_storage
 
 log = logging.getLogger(__name__)
 # Routes take every common method so that the handlers answer 405 with the right `Allow` (CR-14).
@@ -50,6 +51,7 @@ def create_app(
     settings = settings or Settings()
     tune_malloc()  # every process that serves, workers and embedders too (allocator.py)
     built = build_hooks(settings, hooks)  # fail at start-up, not at the first finished upload
+    check_storage(settings)
     base = settings.base_path
     routes = [
         Route(base, handlers.collection, methods=_METHODS),

@@ -157,6 +157,11 @@ class Storage(Protocol):
         """Fill the new `upload` with the committed bytes of `parts`, in order, streaming."""
         ...
 
+    def committed(self, before: Upload, after: Upload) -> None:
+        """A commit replaced `before`'s backend state by `after`'s: the backend may now drop what only
+        `before` named (e.g. an S3 tail object). Never blocks nor raises; work goes to the background."""
+        ...
+
     async def finish(self, upload: Upload) -> None:
         """Make the stored object exactly `upload.length` bytes long; called after the completing
         commit, so it must be idempotent (a crash may leave it to be done again)."""
@@ -186,4 +191,8 @@ class Storage(Protocol):
 
     def describe(self, upload: Upload) -> Mapping[str, str]:
         """Where the bytes are, for hooks and logs (e.g. `{"type": "local", "path": ...}`)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the backend's threads and connections (at shutdown)."""
         ...

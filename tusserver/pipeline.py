@@ -228,6 +228,7 @@ class WritePipeline:
         )
         if committed is None:
             return None
+        self.storage.committed(before, committed)
         run.lease.move(LeaseState.RELEASED)
         if self.hooks.reports_progress and committed.offset != before.offset:
             self.hooks.progressed(committed, self.storage.describe(committed), run.request)
@@ -348,6 +349,7 @@ class _Run:
             self.lease.move(LeaseState.LOST)
             return
         self.lease.renewed(sent_at)
+        pipeline.storage.committed(before, committed)
         self.upload, self.checkpointed = committed, result.written
         if pipeline.hooks.reports_progress:
             pipeline.hooks.progressed(committed, pipeline.storage.describe(committed), self.request)

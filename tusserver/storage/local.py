@@ -92,6 +92,9 @@ class LocalStorage:
     def close(self) -> None:
         self.pool.shutdown(wait=True)
 
+    async def aclose(self) -> None:
+        self.close()
+
     def path(self, upload: Upload) -> Path:
         if not is_upload_id(upload.id):  # defence in depth: handlers reject such IDs first
             raise ValueError(f"not an upload id: {upload.id!r}")
@@ -148,6 +151,9 @@ class LocalStorage:
             finally:
                 os.close(fd)
             self._sync_directory()
+
+    def committed(self, before: Upload, after: Upload) -> None:
+        return None  # a file holds every committed byte in place: nothing is superseded
 
     async def finish(self, upload: Upload) -> None:
         if upload.length is not None:
