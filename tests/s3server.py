@@ -9,6 +9,7 @@ and the servers it starts through the standard AWS environment variables.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -21,6 +22,7 @@ from typing import Any
 import boto3
 
 from tests.servers import free_port, wait_for_port
+from tusserver import Settings
 
 CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -110,3 +112,29 @@ def use_credentials() -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+LOCATION_FILE = "s3-location.json"
+"""Written into a test's data directory when its server stores in S3: where `stored_bytes` looks."""
+
+
+def remember_s3_location(settings: Settings) -> None:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    location = {
+        "endpoint": settings.s3_endpoint_url,
+        "bucket": settings.s3_bucket,
+        "prefix": settings.s3_prefix,
+    }
+    (settings.data_dir / LOCATION_FILE).write_text(json.dumps(location))
+
+
+def stored_in_s3(data_dir: Path, upload_id: str) -> bytes | None:
+    """The finished object of an upload whose server stored in S3; None for local storage."""
+    marker = data_dir / LOCATION_FILE
+    if not marker.exists():
+        return None
+    location = json.loads(marker.read_text())
+    prefix = location["prefix"].strip("/")
+    key = f"{prefix}/{upload_id}" if prefix else upload_id
+    client = boto3.client("s3", endpoint_url=location["endpoint"], **_boto_credentials())
+    return object_bytes(client, location["bucket"], key)

@@ -7,6 +7,7 @@ the body once the row exists. The order of checks follows PROTOCOL.md §1.3.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, replace
 
@@ -100,12 +101,12 @@ class UploadService:
         )
         if body is None:
             return await self._add_empty(upload, http)
+        upload = await self._create_storage(upload)
         lease = self.locks.new_lease(upload)
-        await self.records.add(upload, lease.owner, self.locks.ttl, self._created(upload, http))
+        await self._add_row(upload, self._created(upload, http), lease.owner, self.locks.ttl)
         self.hooks.committed()
         log.info("upload_created upload_id=%s length=%s", upload.id, upload.length)
         async with self.locks.kept(lease):
-            await self._create_storage(upload)
             outcome = await self.pipeline.receive(lease, upload, body)
         problem = outcome.problem
         if problem is not None and problem.status in _REFUSED_BODY:
@@ -119,12 +120,20 @@ class UploadService:
         await self.records.forget(upload.id)
         await self.storage.delete(upload)
 
-    async def _create_storage(self, upload: Upload) -> None:
-        """The row exists; make room for the bytes, or remove the row again (nothing orphaned)."""
+    async def _create_storage(self, upload: Upload) -> Upload:
+        """Room for the bytes of a new upload (and the backend's state for its row), made before the
+        row: a crash in between leaves bytes no row names, which the sweeper reaps after the grace."""
+        return replace(upload, storage=await self.storage.create(upload))
+
+    async def _add_row(
+        self, upload: Upload, events: list[Step], owner: str | None = None, ttl: float = 0.0
+    ) -> None:
+        """The new upload's row; if it cannot be written, its bytes go again (nothing orphaned)."""
         try:
-            await self.storage.create(upload)
-        except Exception:
-            await self._forget(upload)
+            await self.records.add(upload, owner, ttl, events)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.storage.delete(upload)
             raise
 
     async def _pre_create(self, upload: Upload, http: RequestInfo | None) -> Upload:
@@ -144,8 +153,8 @@ class UploadService:
     async def _add_empty(self, upload: Upload, http: RequestInfo | None) -> Upload:
         if upload.length == 0:  # nothing to wait for: complete at birth (CR-6)
             upload = self.policy.advanced(upload, 0, upload.created_at)
-        await self.records.add(upload, events=self._created(upload, http))
-        await self._create_storage(upload)
+        upload = await self._create_storage(upload)
+        await self._add_row(upload, self._created(upload, http))
         log.info("upload_created upload_id=%s length=%s", upload.id, upload.length)
         if upload.completed_at is not None:
             await self.storage.finish(upload)
