@@ -114,8 +114,7 @@ class S3Storage:
         multipart, tail = state.get("multipart", ""), state.get("tail", "")
         if not multipart or (not etags and not tail):  # nothing stored: an empty object
             await call("finishing the upload", client.put_object(Bucket=self.bucket, Key=key, Body=b""))
-            if multipart:
-                await self._abort([(key, multipart)])
+            await self._abort(await self._multiparts(key))
             return
         try:
             if tail:
@@ -134,6 +133,8 @@ class S3Storage:
         except FAILURES as exc:
             if not (is_lost(exc) and await self._holds(key, upload.length)):  # completed before a crash
                 raise s3_error(exc, "finishing the upload") from exc
+        # A CreateMultipartUpload whose answer was lost and retried left another one under this key.
+        await self._abort(await self._multiparts(key))
         await self._delete_quietly(await self._tails(upload.id))
 
     async def _holds(self, key: str, length: int | None) -> bool:

@@ -1,0 +1,82 @@
+"""S3 faults between a real server and a real S3-compatible server: a proxy (tests/s3faults.py) answers
+503 SlowDown and 500, holds answers, and cuts connections before and after forwarding. Uploads finish
+byte-identical and the bucket keeps nothing but finished objects; while S3 is down, PATCH answers
+503 + Retry-After and commits nothing S3 did not confirm."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers import MiB, random_file, sha256_file
+from tests.s3faults import FaultyS3Proxy
+from tests.s3server import MotoServer, keys, multipart_uploads, object_bytes
+from tests.servers import ServerProcess
+from tests.test_end_to_end import uploader, url_of
+from tests.test_s3_storage import TUS, s3_args, upload_id
+
+OCTETS = "application/offset+octet-stream"
+
+
+@pytest.fixture
+def proxy(s3_server: MotoServer) -> Iterator[FaultyS3Proxy]:
+    faulty = FaultyS3Proxy(s3_server.port)
+    yield faulty
+    faulty.close()
+
+
+@pytest.fixture
+def behind_proxy(
+    tmp_path: Path, database_url: str, s3_server: MotoServer, s3_bucket: str, proxy: FaultyS3Proxy
+) -> Iterator[ServerProcess]:
+    process = ServerProcess(tmp_path / "data", database_url, s3_args(s3_server, s3_bucket, proxy.url))
+    process.start()
+    yield process
+    process.stop()
+
+
+def test_uploads_finish_intact_through_5xx_slow_answers_and_cut_connections(
+    behind_proxy: ServerProcess, proxy: FaultyS3Proxy, s3_server: MotoServer, s3_bucket: str, tmp_path: Path
+) -> None:
+    sources = [random_file(tmp_path / f"file{n}.bin", size) for n, size in enumerate((11 * MiB + 7, 6 * MiB))]
+    urls = []
+    for source in sources:
+        with source.open("rb") as stream:
+            upload = uploader(behind_proxy.url, stream, chunk_size=4 * MiB, retry_delay=1, retries=5)
+            upload.upload()
+        urls.append(url_of(upload))
+    client = s3_server.client()
+    for source, url in zip(sources, urls, strict=True):
+        stored = object_bytes(client, s3_bucket, f"tus/{upload_id(url)}")
+        assert hashlib.sha256(stored).hexdigest() == sha256_file(source)
+    assert sorted(keys(client, s3_bucket)) == sorted(f"tus/{upload_id(url)}" for url in urls)
+    assert multipart_uploads(client, s3_bucket) == []
+    assert {"slowdown", "error", "cut-before", "cut-after", "slow"} <= set(proxy.faults)
+
+
+def test_an_s3_outage_is_503_with_retry_after_and_commits_nothing_unconfirmed(
+    behind_proxy: ServerProcess, proxy: FaultyS3Proxy, s3_server: MotoServer, s3_bucket: str
+) -> None:
+    proxy.schedule = ("pass",)
+    url = httpx.post(behind_proxy.url, headers={**TUS, "Upload-Length": str(7 * MiB)}).headers["Location"]
+    body = b"s" * (7 * MiB)
+    headers = {**TUS, "Content-Type": OCTETS}
+    first = httpx.patch(url, content=body[:MiB], headers={**headers, "Upload-Offset": "0"}, timeout=60)
+    assert first.status_code == 204
+    proxy.outage()
+    failed = httpx.patch(url, content=body[MiB:], headers={**headers, "Upload-Offset": str(MiB)}, timeout=120)
+    assert failed.status_code == 503
+    assert "Retry-After" in failed.headers
+    assert failed.headers["Content-Type"].startswith("text/plain")
+    head = httpx.head(url, headers=TUS)  # HEAD needs no S3 request: it answers during the outage
+    assert head.status_code == 200
+    assert head.headers["Upload-Offset"] == str(MiB)
+    proxy.restore()
+    resumed = httpx.patch(url, content=body[MiB:], headers={**headers, "Upload-Offset": str(MiB)}, timeout=60)
+    assert resumed.status_code == 204
+    assert object_bytes(s3_server.client(), s3_bucket, f"tus/{upload_id(url)}") == body
+    assert multipart_uploads(s3_server.client(), s3_bucket) == []
