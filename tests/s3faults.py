@@ -6,7 +6,8 @@ shows in production, by a fixed schedule over the requests it receives:
 - connections cut before forwarding (the request never arrives), and cut after forwarding (the
   operation happened, its answer is lost: the client retries something that already took effect).
 
-`outage()` makes every request fail until `restore()`. Requests and faults are counted.
+`outage()` makes every request fail until `restore()`; `refuse` cuts the requests it matches (by
+method and path). Requests and faults are counted.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import struct
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 _S3_ERROR = (
@@ -37,6 +39,7 @@ class FaultyS3Proxy:
         self._numbers = itertools.count()
         self._lock = threading.Lock()
         self._outage = False
+        self.refuse: Callable[[str, str], bool] = lambda method, path: False
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -71,15 +74,18 @@ class FaultyS3Proxy:
         self._server.server_close()
         self._thread.join(timeout=5)
 
-    def _fault(self) -> str:
+    def _fault(self, method: str, path: str) -> str:
         with self._lock:
-            fault = "outage" if self._outage else self.schedule[next(self._numbers) % len(self.schedule)]
+            if self._outage or self.refuse(method, path):
+                fault = "outage"
+            else:
+                fault = self.schedule[next(self._numbers) % len(self.schedule)]
             self.faults[fault] += 1
             return fault
 
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
         length = int(handler.headers.get("Content-Length") or 0)
-        fault = self._fault()
+        fault = self._fault(handler.command, handler.path)
         if fault in {"cut-before", "outage"}:
             handler.rfile.read(length // 2)
             _cut(handler)

@@ -80,3 +80,27 @@ def test_an_s3_outage_is_503_with_retry_after_and_commits_nothing_unconfirmed(
     assert resumed.status_code == 204
     assert object_bytes(s3_server.client(), s3_bucket, f"tus/{upload_id(url)}") == body
     assert multipart_uploads(s3_server.client(), s3_bucket) == []
+
+
+def test_a_finish_cut_short_after_the_completing_commit_is_done_on_the_next_access(
+    behind_proxy: ServerProcess, proxy: FaultyS3Proxy, s3_server: MotoServer, s3_bucket: str
+) -> None:
+    """CompleteMultipartUpload fails after the completing commit (as if the process died there): the
+    upload is complete in the database, and the next HEAD completes it in S3."""
+    proxy.schedule = ("pass",)
+    url = httpx.post(behind_proxy.url, headers={**TUS, "Upload-Length": str(6 * MiB)}).headers["Location"]
+    body = b"f" * (6 * MiB)
+    proxy.refuse = lambda method, path: method == "POST" and "uploadId=" in path
+    headers = {**TUS, "Content-Type": OCTETS, "Upload-Offset": "0"}
+    answer = httpx.patch(url, content=body, headers=headers, timeout=120)
+    assert answer.status_code == 503
+    assert keys(s3_server.client(), s3_bucket, f"tus/{upload_id(url)}") == [
+        key for key in keys(s3_server.client(), s3_bucket) if ".tail-" in key
+    ]  # no finished object yet
+    proxy.refuse = lambda method, path: False
+    head = httpx.head(url, headers=TUS, timeout=60)
+    assert head.status_code == 200
+    assert head.headers["Upload-Offset"] == str(6 * MiB)
+    assert object_bytes(s3_server.client(), s3_bucket, f"tus/{upload_id(url)}") == body
+    assert keys(s3_server.client(), s3_bucket) == [f"tus/{upload_id(url)}"]
+    assert multipart_uploads(s3_server.client(), s3_bucket) == []

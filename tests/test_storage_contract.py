@@ -78,6 +78,14 @@ async def write(storage: Storage, upload: Upload, *chunks: bytes) -> Upload:
     return commit(storage, upload, await writer.close())
 
 
+async def write_uncommitted(storage: Storage, upload: Upload, *chunks: bytes) -> None:
+    """A write whose commit never happens (its process died before it)."""
+    writer = storage.writer(upload)
+    for chunk in chunks:
+        await writer.write(chunk)
+    await writer.close()
+
+
 async def finished(storage: Storage, upload: Upload) -> bytes:
     """Finish a complete upload and read it whole."""
     assert upload.is_complete
@@ -96,7 +104,7 @@ async def test_writes_append_at_the_offset_and_report_what_they_stored(storage: 
 
 async def test_bytes_past_the_offset_are_debris_that_the_next_write_replaces(storage: Storage) -> None:
     upload = await write(storage, await created(storage, 6), b"ab")
-    await write(storage, upload, b"cdefgh")  # a write whose commit never happened
+    await write_uncommitted(storage, upload, b"cdefgh")
     done = await write(storage, upload, b"CDEF")
     assert await finished(storage, done) == b"abCDEF"
 
@@ -107,7 +115,7 @@ async def test_parts_past_the_offset_are_overwritten_under_the_same_number(stora
     size = 12 * MiB
     first, second = b"a" * MiB, bytes(range(256)) * (size // 256)
     upload = await write(storage, await created(storage, size), first)
-    await write(storage, upload, b"x" * (7 * MiB))  # never committed
+    await write_uncommitted(storage, upload, b"x" * (7 * MiB))
     done = await write(storage, upload, second[MiB:])
     assert done.offset == size
     assert (

@@ -162,9 +162,15 @@ class Storage(Protocol):
         `before` named (e.g. an S3 tail object). Never blocks nor raises; work goes to the background."""
         ...
 
-    async def finish(self, upload: Upload) -> None:
+    async def finish(self, upload: Upload) -> Mapping[str, str]:
         """Make the stored object exactly `upload.length` bytes long; called after the completing
-        commit, so it must be idempotent (a crash may leave it to be done again)."""
+        commit, so it must be idempotent (a crash may leave it to be done again). Returns backend
+        state to record once it is done ({}: nothing to record)."""
+        ...
+
+    def unfinished(self, upload: Upload) -> bool:
+        """True for a complete upload whose `finish` is not known to have happened (a crash came
+        between the completing commit and the end of `finish`): it is finished again on access."""
         ...
 
     async def read(self, upload: Upload, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:

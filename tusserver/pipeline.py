@@ -233,10 +233,29 @@ class WritePipeline:
         if self.hooks.reports_progress and committed.offset != before.offset:
             self.hooks.progressed(committed, self.storage.describe(committed), run.request)
         if completing:
-            await self.storage.finish(committed)  # only the request that completed it gets here: once
-            log.info("upload_finished upload_id=%s length=%s", committed.id, committed.length)
+            committed = await self.finish(committed)  # only the request that completed it gets here
             self.hooks.committed()
         return committed
+
+    async def finish(self, upload: Upload) -> Upload:
+        """`Storage.finish` a complete upload, then record the state it reports under a lease of its
+        own. If that cannot happen (a crash, a request holding the upload), the upload stays
+        `unfinished` and is finished again on its next access (`UploadService.get`)."""
+        state = await self.storage.finish(upload)
+        log.info("upload_finished upload_id=%s length=%s", upload.id, upload.length)
+        if not state:
+            return upload
+        try:
+            async with self.locks.hold(upload.id) as lease:
+                current = lease.upload
+                done = replace(current, storage={**current.storage, **state})
+                recorded = await self.records.commit(done, lease.owner, current.offset, release=True)
+                if recorded is not None:
+                    lease.move(LeaseState.RELEASED)
+                    return recorded
+        except TusError as problem:
+            log.warning("upload_finish_not_recorded upload_id=%s reason=%s", upload.id, problem.message)
+        return upload
 
     def _declare_length(self, upload: Upload, length: int) -> Upload:
         """creation-defer-length: set the length once; repeating the same value is harmless (D-5)."""

@@ -65,12 +65,20 @@ class UploadService:
 
     async def get(self, upload_id: str) -> Upload:
         """The upload as committed; 404 if unknown, 410 if expired (E-7, even before cleanup ran)."""
-        return _alive(await self.records.get(upload_id))
+        return await self._finished(_alive(await self.records.get(upload_id)))
 
     async def status(self, upload_id: str) -> Upload:
         """HEAD: like `get`, but a request still writing is asked to finish first, so the offset
         includes what it received (a client resuming after a dropped connection, L-2, I-16)."""
-        return _alive(await self.locks.wait_until_free(upload_id))
+        return await self._finished(_alive(await self.locks.wait_until_free(upload_id)))
+
+    async def _finished(self, upload: Upload) -> Upload:
+        """A complete upload whose `finish` a crash interrupted is finished now (no storage request
+        otherwise: `unfinished` reads the committed state)."""
+        if not self.storage.unfinished(upload):
+            return upload
+        log.info("upload_finish_resumed upload_id=%s", upload.id)
+        return await self.pipeline.finish(upload)
 
     async def create(self, request: NewUpload, body: Body | None, http: RequestInfo | None = None) -> Upload:
         """Create an upload; with a body, append it at offset 0 (creation-with-upload). Once the row
@@ -157,8 +165,7 @@ class UploadService:
         await self._add_row(upload, self._created(upload, http))
         log.info("upload_created upload_id=%s length=%s", upload.id, upload.length)
         if upload.completed_at is not None:
-            await self.storage.finish(upload)
-            log.info("upload_finished upload_id=%s length=%s", upload.id, upload.length)
+            upload = await self.pipeline.finish(upload)
         self.hooks.committed()
         return upload
 

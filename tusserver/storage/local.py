@@ -155,9 +155,13 @@ class LocalStorage:
     def committed(self, before: Upload, after: Upload) -> None:
         return None  # a file holds every committed byte in place: nothing is superseded
 
-    async def finish(self, upload: Upload) -> None:
+    async def finish(self, upload: Upload) -> Mapping[str, str]:
         if upload.length is not None:
             await self._run("finishing the upload", self._truncate, self.path(upload), upload.length)
+        return {}
+
+    def unfinished(self, upload: Upload) -> bool:
+        return False  # the file holds the bytes whether or not the truncation came
 
     def _truncate(self, path: Path, length: int) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)  # a zero-length upload may have no file
