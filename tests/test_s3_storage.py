@@ -21,9 +21,13 @@ import httpx
 import pytest
 
 from tests.helpers import MiB, random_file, sha256_file
+from tests.hook_receiver import HookReceiver
 from tests.s3server import MotoServer, keys, multipart_uploads, object_bytes
 from tests.servers import ServerProcess
 from tests.test_end_to_end import server_offset, uploader, url_of
+from tests.test_tus_js_client import node, upload_with_tus_js_client
+
+__all__ = ["node"]  # the fixture, shared with the tus-js-client suite
 
 TUS = {"Tus-Resumable": "1.0.0"}
 
@@ -83,6 +87,18 @@ def test_tuspy_upload_in_parts_with_a_tail_is_byte_identical(
     assert ranged.status_code == 206
     assert ranged.content == source.read_bytes()[10485755:10485765]
     only_finished_objects(client, s3_bucket, url)
+
+
+@pytest.mark.parametrize("parallel", [1, 4])
+def test_tus_js_client_uploads_and_parallel_concatenation(
+    s3_process: ServerProcess, s3_server: MotoServer, s3_bucket: str, node: str, tmp_path: Path, parallel: int
+) -> None:
+    """tus-js-client, once in 5 MiB chunks and once with `parallelUploads: 4` (four partials of 6 MiB
+    + 1 byte, assembled by UploadPartCopy; the partials are deleted afterwards)."""
+    source = random_file(tmp_path / "video.bin", 24 * MiB + 4)
+    url = upload_with_tus_js_client(node, s3_process.url, source, chunk_size=5 * MiB, parallel=parallel)
+    assert sha256_of_download(url) == sha256_file(source)
+    only_finished_objects(s3_server.client(), s3_bucket, url)
 
 
 def test_deferred_length_and_zero_length_uploads(
@@ -192,3 +208,39 @@ def test_termination_expiry_and_orphans_leave_nothing_behind(
     assert done.returncode == 0, done.stderr
     assert multipart_uploads(client, s3_bucket) == []
     assert keys(client, s3_bucket) == ["elsewhere/not-ours"]
+
+
+def test_hooks_report_s3store_and_post_finish_comes_once_the_object_exists(
+    tmp_path: Path, database_url: str, s3_server: MotoServer, s3_bucket: str
+) -> None:
+    """tusd's Storage field; a post-finish receiver can read the object at once (the event is
+    committed with the record of CompleteMultipartUpload, not before it)."""
+    client = s3_server.client()
+    sizes: list[int] = []
+
+    def policy(request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if request["Type"] == "post-finish":
+            storage = request["Event"]["Upload"]["Storage"]
+            sizes.append(len(object_bytes(client, storage["Bucket"], storage["Key"])))
+        return 200, {}
+
+    receiver = HookReceiver(policy)
+    args = [*s3_args(s3_server, s3_bucket), "--hooks-http", receiver.url]
+    process = ServerProcess(tmp_path / "data", database_url, args)
+    process.start()
+    try:
+        url = httpx.post(process.url, headers={**TUS, "Upload-Length": str(6 * MiB)}).headers["Location"]
+        headers = {**TUS, "Content-Type": "application/offset+octet-stream", "Upload-Offset": "0"}
+        assert httpx.patch(url, content=b"h" * (6 * MiB), headers=headers, timeout=60).status_code == 204
+        deadline = time.monotonic() + 20
+        while not receiver.of_type("post-finish"):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        process.stop()
+        receiver.close()
+    [created] = receiver.of_type("post-create")
+    [finished] = receiver.of_type("post-finish")
+    expected = {"Type": "s3store", "Bucket": s3_bucket, "Key": f"tus/{upload_id(url)}"}
+    assert created.upload["Storage"] == finished.upload["Storage"] == expected
+    assert sizes == [6 * MiB]

@@ -202,6 +202,14 @@ async def test_delete_leaves_nothing_and_orphans_are_found(storage: Storage) -> 
     assert [name async for batch in storage.stored_before(past, 100) for name in batch] == []
 
 
+async def test_a_finish_whose_state_is_recorded_is_no_longer_unfinished(storage: Storage) -> None:
+    upload = await write(storage, await created(storage, 3), b"abc")
+    upload = replace(upload, completed_at=utcnow())
+    state = await storage.finish(upload)
+    assert not storage.unfinished(replace(upload, storage={**upload.storage, **state}))
+    assert not storage.unfinished(replace(upload, offset=2, completed_at=None))  # not complete
+
+
 async def test_concatenation_when_the_backend_declares_it(storage: Storage) -> None:
     if "concatenation" not in storage.capabilities:
         pytest.skip("this backend does not offer concatenation")

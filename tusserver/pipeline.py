@@ -218,9 +218,11 @@ class WritePipeline:
         upload = self.policy.advanced(before, result.written - run.checkpointed, utcnow())
         upload = replace(upload, storage={**before.storage, **result.storage})
         completing = upload.completed_at is not None and before.completed_at is None
+        # post-finish goes with the completing commit, or, where the stored object only exists once
+        # `finish` is done (S3), with the commit that records it (`finish`).
         events = (
             self.hooks.durable(EventType.POST_FINISH, upload, self.storage.describe(upload), run.request)
-            if completing
+            if completing and not self.storage.unfinished(upload)
             else ()
         )
         committed = await self.records.commit(
@@ -233,14 +235,15 @@ class WritePipeline:
         if self.hooks.reports_progress and committed.offset != before.offset:
             self.hooks.progressed(committed, self.storage.describe(committed), run.request)
         if completing:
-            committed = await self.finish(committed)  # only the request that completed it gets here
+            committed = await self.finish(committed, run.request)  # only the completing request
             self.hooks.committed()
         return committed
 
-    async def finish(self, upload: Upload) -> Upload:
-        """`Storage.finish` a complete upload, then record the state it reports under a lease of its
-        own. If that cannot happen (a crash, a request holding the upload), the upload stays
-        `unfinished` and is finished again on its next access (`UploadService.get`)."""
+    async def finish(self, upload: Upload, request: RequestInfo | None = None) -> Upload:
+        """`Storage.finish` a complete upload, then record the state it reports (with the post-finish
+        events held back for it) under a lease of its own. If that cannot happen (a crash, a request
+        holding the upload), the upload stays `unfinished` and is finished again on its next access
+        (`UploadService.get`)."""
         state = await self.storage.finish(upload)
         log.info("upload_finished upload_id=%s length=%s", upload.id, upload.length)
         if not state:
@@ -248,10 +251,16 @@ class WritePipeline:
         try:
             async with self.locks.hold(upload.id) as lease:
                 current = lease.upload
+                if not self.storage.unfinished(current):
+                    return current  # another request recorded it meanwhile
                 done = replace(current, storage={**current.storage, **state})
-                recorded = await self.records.commit(done, lease.owner, current.offset, release=True)
+                events = self.hooks.durable(EventType.POST_FINISH, done, self.storage.describe(done), request)
+                recorded = await self.records.commit(
+                    done, lease.owner, current.offset, release=True, events=events
+                )
                 if recorded is not None:
                     lease.move(LeaseState.RELEASED)
+                    self.hooks.committed()
                     return recorded
         except TusError as problem:
             log.warning("upload_finish_not_recorded upload_id=%s reason=%s", upload.id, problem.message)

@@ -154,7 +154,7 @@ class UploadService:
     def _created(self, upload: Upload, http: RequestInfo | None) -> list[Step]:
         """Outbox rows of a new upload: post-create, and post-finish if it is complete at birth."""
         events = self.hooks.durable(EventType.POST_CREATE, upload, self.storage.describe(upload), http)
-        if upload.completed_at is not None:
+        if upload.completed_at is not None and not self.storage.unfinished(upload):
             events += self.hooks.durable(EventType.POST_FINISH, upload, self.storage.describe(upload), http)
         return events
 
@@ -165,7 +165,7 @@ class UploadService:
         await self._add_row(upload, self._created(upload, http))
         log.info("upload_created upload_id=%s length=%s", upload.id, upload.length)
         if upload.completed_at is not None:
-            upload = await self.pipeline.finish(upload)
+            upload = await self.pipeline.finish(upload, http)
         self.hooks.committed()
         return upload
 

@@ -188,12 +188,15 @@ class S3Storage:
             yield names[start : start + batch]
 
     async def missing(self, upload_ids: Sequence[str]) -> set[str]:
-        present: set[str] = set()
-        for upload_id in upload_ids:
-            key = self.location.key(upload_id)
-            if await self._objects(key, limit=1) or await self._multiparts(key):
-                present.add(upload_id)
-        return set(upload_ids) - present
+        """One listing of the key range the IDs span (objects, then multipart uploads), not one
+        request per ID."""
+        ids = sorted(set(upload_ids))
+        if not ids:
+            return set()
+        first, last = self.location.key(ids[0])[:-1], self.location.key(ids[-1]) + "~"
+        found = [item["Key"] for item in await self._objects(self.location.prefix, first, last)]
+        found += [item["Key"] for item in await self._multipart_items(self.location.prefix, first, last)]
+        return set(ids) - {self.location.upload_id_of(key) for key in found}
 
     def describe(self, upload: Upload) -> Mapping[str, str]:
         return {"type": "s3store", "bucket": self.bucket, "key": self.location.key(upload.id)}
@@ -221,33 +224,40 @@ class S3Storage:
         prefix = self.location.key(upload_id) + ".tail-"
         return [item["Key"] for item in await self._objects(prefix)]
 
-    async def _objects(self, prefix: str, limit: int | None = None) -> list[dict[str, Any]]:
+    async def _objects(self, prefix: str, after: str = "", until: str | None = None) -> list[dict[str, Any]]:
+        """Objects under `prefix` with keys above `after` and up to `until`."""
         client = await self.client.get()
         found: list[dict[str, Any]] = []
         token: str | None = None
         while True:
             extra: dict[str, Any] = {"ContinuationToken": token} if token else {}
-            if limit is not None:
-                extra["MaxKeys"] = limit
+            if after:
+                extra["StartAfter"] = after
             page = await call(
                 "listing objects", client.list_objects_v2(Bucket=self.bucket, Prefix=prefix, **extra)
             )
-            found.extend(page.get("Contents", []))
+            contents = page.get("Contents", [])
+            found.extend(item for item in contents if until is None or item["Key"] <= until)
             token = page.get("NextContinuationToken")
-            if not page.get("IsTruncated") or not token or (limit is not None and len(found) >= limit):
+            past = until is not None and contents and contents[-1]["Key"] > until
+            if not page.get("IsTruncated") or not token or past:
                 return found
 
-    async def _multipart_items(self, prefix: str) -> list[dict[str, Any]]:
+    async def _multipart_items(
+        self, prefix: str, after: str = "", until: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Multipart uploads under `prefix` with keys above `after` and up to `until`."""
         client = await self.client.get()
         found: list[dict[str, Any]] = []
-        markers: dict[str, str] = {}
+        markers: dict[str, str] = {"KeyMarker": after} if after else {}
         while True:
             page = await call(
                 "listing multipart uploads",
                 client.list_multipart_uploads(Bucket=self.bucket, Prefix=prefix, **markers),
             )
-            found.extend(page.get("Uploads", []))
-            if not page.get("IsTruncated"):
+            uploads = page.get("Uploads", [])
+            found.extend(item for item in uploads if until is None or item["Key"] <= until)
+            if not page.get("IsTruncated") or (until is not None and uploads and uploads[-1]["Key"] > until):
                 return found
             markers = {"KeyMarker": page["NextKeyMarker"], "UploadIdMarker": page["NextUploadIdMarker"]}
 
