@@ -23,8 +23,9 @@ import pytest
 from tests.helpers import MiB, random_file, sha256_file
 from tests.hook_receiver import HookReceiver
 from tests.s3server import MotoServer, keys, multipart_uploads, object_bytes
-from tests.servers import ServerProcess
+from tests.servers import ServerProcess, free_port
 from tests.test_end_to_end import server_offset, uploader, url_of
+from tests.test_startup_errors import _one_clear_line, _serve
 from tests.test_tus_js_client import node, upload_with_tus_js_client
 
 __all__ = ["node"]  # the fixture, shared with the tus-js-client suite
@@ -244,3 +245,20 @@ def test_hooks_report_s3store_and_post_finish_comes_once_the_object_exists(
     expected = {"Type": "s3store", "Bucket": s3_bucket, "Key": f"tus/{upload_id(url)}"}
     assert created.upload["Storage"] == finished.upload["Storage"] == expected
     assert sizes == [6 * MiB]
+
+
+def test_s3_start_up_problems_are_one_line(tmp_path: Path, s3_server: MotoServer) -> None:
+    common = ["--port", str(free_port()), "--data-dir", str(tmp_path / "data")]
+    missing = [*common, "--storage", "s3://no-such-bucket/tus", "--s3-endpoint-url", s3_server.url]
+    code, output = _serve(*missing)
+    assert code == 1
+    assert "S3 bucket no-such-bucket is not usable: NoSuchBucket" in _one_clear_line(output)
+    code, output = _serve(*common, "--storage", "s3")
+    assert code == 2
+    assert "needs a bucket" in _one_clear_line(output)
+    code, output = _serve(*common, "--storage", "s3://bucket", "--s3-part-size", "4M")
+    assert code == 2
+    assert "at least 5M" in _one_clear_line(output)
+    code, output = _serve(*common, "--storage", "gcs://bucket")
+    assert code == 2
+    assert "not a storage" in _one_clear_line(output)

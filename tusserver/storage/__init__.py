@@ -7,7 +7,7 @@ from tusserver.config import Settings
 from tusserver.core import Storage
 from tusserver.storage.local import LocalStorage
 
-__all__ = ["LocalStorage", "check_storage", "make_storage"]
+__all__ = ["LocalStorage", "check_storage", "make_storage", "storage_problem"]
 
 
 def check_storage(settings: Settings) -> None:
@@ -33,3 +33,18 @@ def make_storage(settings: Settings) -> Storage:
         settings.s3_part_size,
         settings.max_size,
     )
+
+
+async def storage_problem(settings: Settings) -> str | None:
+    """Start-up check of object storage: why its bucket cannot be used, or None (local storage is
+    checked as the data directory)."""
+    if settings.storage == "local":
+        return None
+    from tusserver.storage.s3 import S3Storage
+
+    storage = make_storage(settings)
+    assert isinstance(storage, S3Storage)
+    try:
+        return await storage.problem()
+    finally:
+        await storage.aclose()

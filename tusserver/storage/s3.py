@@ -25,7 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tusserver.core import Hasher, Upload
+from tusserver.core import Hasher, Upload, is_upload_id
 from tusserver.errors import StorageUnavailable, TooLarge, UploadDataLost
 from tusserver.storage.s3_client import (
     FAILURES,
@@ -77,6 +77,16 @@ class S3Storage:
             await asyncio.gather(*self._background, return_exceptions=True)
         await self.client.aclose()
         self.pool.shutdown(wait=True)
+
+    async def problem(self) -> str | None:
+        """Why the bucket cannot be used (start-up check), or None: it can be listed."""
+        client = await self.client.get()
+        try:
+            await client.list_objects_v2(Bucket=self.bucket, Prefix=self.location.prefix, MaxKeys=1)
+        except FAILURES as exc:
+            code = exc.response.get("Error", {}).get("Code", "") if hasattr(exc, "response") else ""
+            return f"S3 bucket {self.bucket} is not usable: {code or type(exc).__name__}"
+        return None
 
     async def create(self, upload: Upload) -> Mapping[str, str]:
         if upload.length is not None and upload.length > MAX_OBJECT_SIZE:
@@ -199,7 +209,8 @@ class S3Storage:
         return set(ids) - {self.location.upload_id_of(key) for key in found}
 
     def describe(self, upload: Upload) -> Mapping[str, str]:
-        return {"type": "s3store", "bucket": self.bucket, "key": self.location.key(upload.id)}
+        key = self.location.key(upload.id) if is_upload_id(upload.id) else ""  # no ID yet: pre-create
+        return {"type": "s3store", "bucket": self.bucket, "key": key}
 
     async def concatenate(self, upload: Upload, parts: Sequence[Upload]) -> None:
         key = self.location.key(upload.id)

@@ -99,7 +99,10 @@ def s3_error(exc: BaseException, what: str) -> TusError:
         return StorageUnavailable(
             f"object storage error while {what} ({code or 'unknown'}), retry later", {"Retry-After": "5"}
         )
-    return StorageUnavailable(f"object storage unreachable while {what}, retry later", {"Retry-After": "5"})
+    reason = type(exc).__name__  # e.g. EndpointConnectionError, ReadTimeoutError, NoCredentialsError
+    return StorageUnavailable(
+        f"object storage unreachable while {what} ({reason}), retry later", {"Retry-After": "5"}
+    )
 
 
 FAILURES: tuple[type[BaseException], ...] = (
