@@ -27,6 +27,7 @@ from tests.servers import ServerProcess, free_port
 from tests.test_end_to_end import server_offset, uploader, url_of
 from tests.test_startup_errors import _one_clear_line, _serve
 from tests.test_tus_js_client import node, upload_with_tus_js_client
+from tusserver.storage.s3_client import MAX_OBJECT_SIZE, MAX_PARTS, S3Location, parse_location, part_size_for
 
 __all__ = ["node"]  # the fixture, shared with the tus-js-client suite
 
@@ -262,3 +263,38 @@ def test_s3_start_up_problems_are_one_line(tmp_path: Path, s3_server: MotoServer
     code, output = _serve(*common, "--storage", "gcs://bucket")
     assert code == 2
     assert "not a storage" in _one_clear_line(output)
+
+
+@pytest.mark.parametrize(
+    ("length", "max_size", "expected"),
+    [
+        (0, None, 8 * MiB),
+        (10 * MiB, None, 8 * MiB),
+        (100 * 1024**3, None, 11 * MiB),  # 100 GiB: 10.24 MiB parts at least, whole MiB
+        (None, None, 525 * MiB),  # deferred: 5 TiB must fit
+        (None, 50 * 1024**3, 8 * MiB),  # deferred under --max-size 50G
+        (MAX_OBJECT_SIZE, None, 525 * MiB),
+    ],
+)
+def test_part_sizes_fit_every_length_in_10000_parts(
+    length: int | None, max_size: int | None, expected: int
+) -> None:
+    size = part_size_for(length, 8 * MiB, max_size)
+    assert size == expected
+    assert size * MAX_PARTS >= (length if length is not None else (max_size or MAX_OBJECT_SIZE))
+
+
+def test_storage_locations() -> None:
+    assert parse_location("s3://bucket/some/prefix/", None, "") == S3Location("bucket", "some/prefix/")
+    assert parse_location("s3://bucket", None, "") == S3Location("bucket", "")
+    assert parse_location("s3", "bucket", "/tus/") == S3Location("bucket", "tus/")
+    with pytest.raises(ValueError, match="needs a bucket"):
+        parse_location("s3", None, "tus")
+    location = S3Location("bucket", "tus/")
+    upload = "0123456789abcdef0123456789abcdef"
+    assert location.upload_id_of(location.key(upload)) == upload
+    assert location.upload_id_of(location.tail_key(upload)) == upload
+    assert location.upload_id_of("tus/" + upload + ".info") is None
+    assert location.upload_id_of("other/" + upload) is None
+    with pytest.raises(ValueError, match="not an upload id"):
+        location.key("../etc")
