@@ -6,6 +6,8 @@ byte-identical and the bucket keeps nothing but finished objects; while S3 is do
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,11 +84,18 @@ def test_an_s3_outage_is_503_with_retry_after_and_commits_nothing_unconfirmed(
     assert multipart_uploads(s3_server.client(), s3_bucket) == []
 
 
-def test_a_finish_cut_short_after_the_completing_commit_is_done_on_the_next_access(
-    behind_proxy: ServerProcess, proxy: FaultyS3Proxy, s3_server: MotoServer, s3_bucket: str
+@pytest.mark.parametrize("by", ["head", "sweeper"])
+def test_a_finish_cut_short_after_the_completing_commit_is_done_later(
+    behind_proxy: ServerProcess,
+    proxy: FaultyS3Proxy,
+    s3_server: MotoServer,
+    s3_bucket: str,
+    database_url: str,
+    tmp_path: Path,
+    by: str,
 ) -> None:
     """CompleteMultipartUpload fails after the completing commit (as if the process died there): the
-    upload is complete in the database, and the next HEAD completes it in S3."""
+    upload is complete in the database, and the next HEAD, or the sweeper, completes it in S3."""
     proxy.schedule = ("pass",)
     url = httpx.post(behind_proxy.url, headers={**TUS, "Upload-Length": str(6 * MiB)}).headers["Location"]
     body = b"f" * (6 * MiB)
@@ -98,6 +107,14 @@ def test_a_finish_cut_short_after_the_completing_commit_is_done_on_the_next_acce
         key for key in keys(s3_server.client(), s3_bucket) if ".tail-" in key
     ]  # no finished object yet
     proxy.refuse = lambda method, path: False
+    if by == "sweeper":
+        cleanup = [
+            sys.executable, "-m", "tusserver", "cleanup", "--database-url", database_url,
+            "--data-dir", str(tmp_path / "cleanup"), *s3_args(s3_server, s3_bucket), "--orphan-grace", "0",
+        ]  # fmt: skip
+        done = subprocess.run(cleanup, capture_output=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert multipart_uploads(s3_server.client(), s3_bucket) == []
     head = httpx.head(url, headers=TUS, timeout=60)
     assert head.status_code == 200
     assert head.headers["Upload-Offset"] == str(6 * MiB)

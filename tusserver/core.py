@@ -187,6 +187,11 @@ class Storage(Protocol):
         """IDs of the stored objects last written before `cutoff`, in batches (for orphan reaping)."""
         ...
 
+    def pending_before(self, cutoff: datetime, batch: int) -> AsyncIterator[list[str]]:
+        """IDs of uploads with storage work begun before `cutoff` and maybe never ended (an S3
+        multipart upload), in batches: the sweeper finishes those that are complete but `unfinished`."""
+        ...
+
     async def missing(self, upload_ids: Sequence[str]) -> set[str]:
         """Which of `upload_ids` have no stored bytes at all."""
         ...

@@ -120,7 +120,11 @@ async def running(settings: Settings, hooks: Hooks | None = None) -> AsyncIterat
             )
             hooks.attach(dispatcher)
             dispatching = asyncio.create_task(dispatcher.run())
-        yield Runtime(engine, service, Sweeper(records, storage, locks, settings.orphan_grace))
+        yield Runtime(
+            engine,
+            service,
+            Sweeper(records, storage, locks, settings.orphan_grace, finish=service.pipeline.finish),
+        )
     finally:
         if dispatcher is not None:
             await dispatcher.aclose(settings.hook_timeout)  # what is left is delivered on next start

@@ -197,6 +197,17 @@ class S3Storage:
         for start in range(0, len(names), batch):
             yield names[start : start + batch]
 
+    async def pending_before(self, cutoff: datetime, batch: int) -> AsyncIterator[list[str]]:
+        names = sorted(
+            {
+                name
+                for item in await self._multipart_items(self.location.prefix)
+                if item["Initiated"] < cutoff and (name := self.location.upload_id_of(item["Key"]))
+            }
+        )
+        for start in range(0, len(names), batch):
+            yield names[start : start + batch]
+
     async def missing(self, upload_ids: Sequence[str]) -> set[str]:
         """One listing of the key range the IDs span (objects, then multipart uploads), not one
         request per ID."""
