@@ -6,8 +6,6 @@ byte-identical and the bucket keeps nothing but finished objects; while S3 is do
 from __future__ import annotations
 
 import hashlib
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from tests.s3faults import FaultyS3Proxy
 from tests.s3server import MotoServer, keys, multipart_uploads, object_bytes
 from tests.servers import ServerProcess
 from tests.test_end_to_end import uploader, url_of
-from tests.test_s3_storage import TUS, s3_args, upload_id
+from tests.test_s3_storage import TUS, cleanup_once, s3_args, upload_id
 
 OCTETS = "application/offset+octet-stream"
 
@@ -108,12 +106,7 @@ def test_a_finish_cut_short_after_the_completing_commit_is_done_later(
     ]  # no finished object yet
     proxy.refuse = lambda method, path: False
     if by == "sweeper":
-        cleanup = [
-            sys.executable, "-m", "tusserver", "cleanup", "--database-url", database_url,
-            "--data-dir", str(tmp_path / "cleanup"), *s3_args(s3_server, s3_bucket), "--orphan-grace", "0",
-        ]  # fmt: skip
-        done = subprocess.run(cleanup, capture_output=True, timeout=120)
-        assert done.returncode == 0, done.stderr
+        cleanup_once(database_url, tmp_path / "cleanup", s3_server, s3_bucket)
         assert multipart_uploads(s3_server.client(), s3_bucket) == []
     head = httpx.head(url, headers=TUS, timeout=60)
     assert head.status_code == 200

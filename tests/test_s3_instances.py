@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,54 +16,43 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.balancer import Balancer
+from tests.balancer import Balancer, kill_9_chaos
 from tests.helpers import MiB, random_file, sha256_file
 from tests.s3server import MotoServer, keys, multipart_uploads, object_bytes
 from tests.servers import ServerProcess
 from tests.test_end_to_end import uploader, url_of
-from tests.test_load_balancer import create_with_retries, in_background
-from tests.test_s3_storage import TUS, s3_args, upload_id
+from tests.test_load_balancer import Deployment, create_with_retries, in_background
+from tests.test_s3_storage import TUS, cleanup_once, s3_args, upload_id
 
 pytestmark = pytest.mark.postgresql
 
 
-class S3Deployment:
-    def __init__(self, tmp_path: Path, database_url: str, s3_server: MotoServer, bucket: str) -> None:
-        args = s3_args(s3_server, bucket)
-        self.instances = [
-            ServerProcess(tmp_path / f"instance{number}", database_url, args) for number in range(3)
-        ]
-        self.balancer = Balancer(tmp_path / "nginx", self.instances)
-
-    def start(self) -> None:
-        try:
-            for instance in self.instances:
-                instance.start()
-            self.balancer.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        try:
-            self.balancer.stop()
-        finally:
-            for instance in self.instances:
-                instance.stop()
+def deploy_on_s3(tmp_path: Path, database_url: str, s3_server: MotoServer, bucket: str) -> Deployment:
+    """Three instances, each with a data directory of its own, behind nginx."""
+    args = s3_args(s3_server, bucket)
+    instances = [ServerProcess(tmp_path / f"instance{number}", database_url, args) for number in range(3)]
+    deployed = Deployment(Balancer(tmp_path / "nginx", instances), instances, tmp_path)
+    try:
+        for instance in instances:
+            instance.start()
+        deployed.balancer.start()
+    except BaseException:  # never leave server processes behind a failed start
+        deployed.stop()
+        raise
+    return deployed
 
 
 @pytest.fixture
 def deployment(
     tmp_path: Path, postgres_database: str, s3_server: MotoServer, s3_bucket: str
-) -> Iterator[S3Deployment]:
-    deployed = S3Deployment(tmp_path, postgres_database, s3_server, s3_bucket)
-    deployed.start()
+) -> Iterator[Deployment]:
+    deployed = deploy_on_s3(tmp_path, postgres_database, s3_server, s3_bucket)
     yield deployed
     deployed.stop()
 
 
 def test_an_upload_finished_on_one_instance_downloads_through_another(
-    deployment: S3Deployment, tmp_path: Path
+    deployment: Deployment, tmp_path: Path
 ) -> None:
     first, second = deployment.instances[0], deployment.instances[1]
     source = random_file(tmp_path / "one.bin", 7 * MiB + 3)
@@ -80,7 +66,7 @@ def test_an_upload_finished_on_one_instance_downloads_through_another(
 
 
 def test_twenty_uploads_survive_kill_9_chaos(
-    deployment: S3Deployment,
+    deployment: Deployment,
     tmp_path: Path,
     postgres_database: str,
     s3_server: MotoServer,
@@ -90,17 +76,6 @@ def test_twenty_uploads_survive_kill_9_chaos(
     sources = [random_file(tmp_path / f"src{n}.bin", rng.randint(MiB, 14 * MiB)) for n in range(20)]
     chunk_sizes = [rng.randint(2, 5) * MiB for _ in sources]
     done = threading.Event()
-
-    def chaos() -> None:
-        victims = random.Random(5)
-        deadline = time.monotonic() + 40
-        for _ in range(6):
-            if done.wait(2.0) or time.monotonic() > deadline:
-                return
-            victim = victims.choice(deployment.instances)
-            victim.kill()
-            time.sleep(0.5)
-            victim.start()
 
     def one(index: int) -> str:
         url = create_with_retries(deployment.balancer.url, sources[index].stat().st_size)
@@ -116,7 +91,7 @@ def test_twenty_uploads_survive_kill_9_chaos(
             job.upload()
         return url_of(job)
 
-    thread, errors = in_background(chaos)
+    thread, errors = in_background(lambda: kill_9_chaos(deployment.instances, done, seed=5, every=2.0))
     try:
         with ThreadPoolExecutor(len(sources)) as pool:
             urls = list(pool.map(one, range(len(sources))))
@@ -129,12 +104,7 @@ def test_twenty_uploads_survive_kill_9_chaos(
         stored = object_bytes(client, s3_bucket, f"tus/{upload_id(url)}")
         assert hashlib.sha256(stored).hexdigest() == sha256_file(source), url
     # What kill -9 left (a multipart upload created for a row never written): reaped past the grace.
-    cleanup = [
-        sys.executable, "-m", "tusserver", "cleanup", "--database-url", postgres_database,
-        "--data-dir", str(tmp_path / "cleanup"), *s3_args(s3_server, s3_bucket), "--orphan-grace", "0",
-    ]  # fmt: skip
-    done_cleanup = subprocess.run(cleanup, capture_output=True, timeout=120)
-    assert done_cleanup.returncode == 0, done_cleanup.stderr
+    cleanup_once(postgres_database, tmp_path / "cleanup", s3_server, s3_bucket)
     finished = {f"tus/{upload_id(url)}" for url in urls}
     assert finished <= set(keys(client, s3_bucket))
     assert not [key for key in keys(client, s3_bucket) if ".tail-" in key]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ from tests.hook_receiver import HookReceiver
 from tests.s3server import MotoServer, keys, multipart_uploads, object_bytes
 from tests.servers import ServerProcess, free_port
 from tests.test_end_to_end import server_offset, uploader, url_of
+from tests.test_load_balancer import in_background
 from tests.test_startup_errors import _one_clear_line, _serve
 from tests.test_tus_js_client import node, upload_with_tus_js_client
 from tusserver.storage.s3_client import MAX_OBJECT_SIZE, MAX_PARTS, S3Location, parse_location, part_size_for
@@ -49,6 +49,16 @@ def s3_process(
     process.start()
     yield process
     process.stop()
+
+
+def cleanup_once(database_url: str, data_dir: Path, s3_server: MotoServer, bucket: str) -> None:
+    """`tusserver cleanup` with no orphan grace: expired uploads, orphans, interrupted finishes."""
+    command = [
+        sys.executable, "-m", "tusserver", "cleanup", "--database-url", database_url,
+        "--data-dir", str(data_dir), *s3_args(s3_server, bucket), "--orphan-grace", "0",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr
 
 
 def sha256_of_download(url: str) -> str:
@@ -134,18 +144,7 @@ def test_kill_9_mid_upload_resumes_at_the_committed_offset(
     upload.set_url(upload.create_url())
     url = url_of(upload)
     client = s3_server.client()
-    failure: list[BaseException] = []
-
-    def upload_in_background() -> None:
-        try:
-            upload.upload()
-        except Exception as exc:
-            failure.append(exc)
-        finally:
-            stream.close()
-
-    thread = threading.Thread(target=upload_in_background)
-    thread.start()
+    thread, failure = in_background(upload.upload)
     [(key, multipart)] = [
         (item["Key"], item["UploadId"]) for item in client.list_multipart_uploads(Bucket=s3_bucket)["Uploads"]
     ]
@@ -156,6 +155,7 @@ def test_kill_9_mid_upload_resumes_at_the_committed_offset(
         time.sleep(0.02)
     s3_process.kill()
     thread.join(timeout=60)
+    stream.close()
     assert failure, "the upload should have been interrupted by the kill"
 
     s3_process.start()
@@ -202,12 +202,7 @@ def test_termination_expiry_and_orphans_leave_nothing_behind(
     client.create_multipart_upload(Bucket=s3_bucket, Key=orphan)
     client.put_object(Bucket=s3_bucket, Key=orphan + ".tail-0123456789abcdef", Body=b"left")
     client.put_object(Bucket=s3_bucket, Key="elsewhere/not-ours", Body=b"kept")
-    cleanup = [
-        "cleanup", "--database-url", database_url, "--data-dir", str(tmp_path / "data"),
-        *s3_args(s3_server, s3_bucket), "--orphan-grace", "0",
-    ]  # fmt: skip
-    done = subprocess.run([sys.executable, "-m", "tusserver", *cleanup], capture_output=True, timeout=60)
-    assert done.returncode == 0, done.stderr
+    cleanup_once(database_url, tmp_path / "data", s3_server, s3_bucket)
     assert multipart_uploads(client, s3_bucket) == []
     assert keys(client, s3_bucket) == ["elsewhere/not-ours"]
 

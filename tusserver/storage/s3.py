@@ -134,6 +134,9 @@ class S3Storage:
             await call("finishing the upload", client.put_object(Bucket=self.bucket, Key=key, Body=b""))
             await self._abort(await self._multiparts(key))
             return
+        if await self._holds(key, upload.length):  # completed before a crash: only cleaning up is left
+            await self._clean_up_after_completion(upload.id, key)
+            return
         try:
             if tail:
                 copied = await client.upload_part_copy(
@@ -149,11 +152,14 @@ class S3Storage:
                 Bucket=self.bucket, Key=key, UploadId=multipart, MultipartUpload={"Parts": parts}
             )
         except FAILURES as exc:
-            if not (is_lost(exc) and await self._holds(key, upload.length)):  # completed before a crash
+            if not (is_lost(exc) and await self._holds(key, upload.length)):  # a finish in parallel
                 raise s3_error(exc, "finishing the upload") from exc
+        await self._clean_up_after_completion(upload.id, key)
+
+    async def _clean_up_after_completion(self, upload_id: str, key: str) -> None:
         # A CreateMultipartUpload whose answer was lost and retried left another one under this key.
         await self._abort(await self._multiparts(key))
-        await self._delete_quietly(await self._tails(upload.id))
+        await self._delete_quietly(await self._tails(upload_id))
 
     async def _holds(self, key: str, length: int | None) -> bool:
         client = await self.client.get()
