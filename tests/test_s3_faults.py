@@ -31,9 +31,17 @@ def proxy(s3_server: MotoServer) -> Iterator[FaultyS3Proxy]:
 
 @pytest.fixture
 def behind_proxy(
-    tmp_path: Path, database_url: str, s3_server: MotoServer, s3_bucket: str, proxy: FaultyS3Proxy
+    tmp_path: Path,
+    database_url: str,
+    s3_server: MotoServer,
+    s3_bucket: str,
+    proxy: FaultyS3Proxy,
+    request: pytest.FixtureRequest,
 ) -> Iterator[ServerProcess]:
-    process = ServerProcess(tmp_path / "data", database_url, s3_args(s3_server, s3_bucket, proxy.url))
+    """A server whose S3 requests go through the proxy; indirect parameter: its AWS_MAX_ATTEMPTS."""
+    attempts = str(getattr(request, "param", 5))
+    args = s3_args(s3_server, s3_bucket, proxy.url)
+    process = ServerProcess(tmp_path / "data", database_url, args, env={"AWS_MAX_ATTEMPTS": attempts})
     process.start()
     yield process
     process.stop()
@@ -58,6 +66,7 @@ def test_uploads_finish_intact_through_5xx_slow_answers_and_cut_connections(
     assert {"slowdown", "error", "cut-before", "cut-after", "slow"} <= set(proxy.faults)
 
 
+@pytest.mark.parametrize("behind_proxy", [2], indirect=True)  # an outage: give up soon
 def test_an_s3_outage_is_503_with_retry_after_and_commits_nothing_unconfirmed(
     behind_proxy: ServerProcess, proxy: FaultyS3Proxy, s3_server: MotoServer, s3_bucket: str
 ) -> None:
@@ -82,6 +91,7 @@ def test_an_s3_outage_is_503_with_retry_after_and_commits_nothing_unconfirmed(
     assert multipart_uploads(s3_server.client(), s3_bucket) == []
 
 
+@pytest.mark.parametrize("behind_proxy", [2], indirect=True)
 @pytest.mark.parametrize("by", ["head", "sweeper"])
 def test_a_finish_cut_short_after_the_completing_commit_is_done_later(
     behind_proxy: ServerProcess,

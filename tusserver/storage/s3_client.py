@@ -7,8 +7,9 @@ object of an upload starts with `<prefix><upload_id>` (IDs have a fixed length),
 them all.
 
 Retries: botocore's `standard` mode retries 5xx, throttling, timeouts and cut connections with
-exponential backoff and jitter; what still fails becomes `StorageUnavailable` (503 + Retry-After), and
-a missing object or multipart upload becomes `UploadDataLost` (410). Request checksums are computed
+exponential backoff and jitter, 5 attempts (`AWS_MAX_ATTEMPTS` and `AWS_RETRY_MODE` change them);
+what still fails becomes `StorageUnavailable` (503 + Retry-After), and a missing object or
+multipart upload becomes `UploadDataLost` (410). Request checksums are computed
 only when an operation requires them (`when_required`), which MinIO, R2 and B2 accept.
 """
 
@@ -16,8 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -38,6 +40,8 @@ MAX_OBJECT_SIZE = 5 * 1024**4
 MAX_COPY_PART = 5 * 1024**3
 """The largest range one `UploadPartCopy` may copy."""
 _LOST = {"NoSuchKey", "NoSuchUpload", "404"}
+DEFAULT_ATTEMPTS = 5
+"""Attempts per S3 request (`AWS_MAX_ATTEMPTS` overrides)."""
 T = TypeVar("T")
 
 
@@ -129,13 +133,20 @@ def is_lost(exc: BaseException) -> bool:
 class S3Client:
     """One aiobotocore client per process, made on first use and closed with the storage."""
 
-    def __init__(self, endpoint_url: str | None, region: str | None, attempts: int = 5) -> None:
+    def __init__(
+        self, endpoint_url: str | None, region: str | None, environ: Mapping[str, str] | None = None
+    ) -> None:
+        env = os.environ if environ is None else environ
         self.endpoint_url = endpoint_url
         self.region = region
+        retries = {  # AWS's own variables, as every AWS SDK reads them
+            "max_attempts": int(env.get("AWS_MAX_ATTEMPTS") or DEFAULT_ATTEMPTS),
+            "mode": env.get("AWS_RETRY_MODE") or "standard",
+        }
         self.config = AioConfig(
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
-            retries={"max_attempts": attempts, "mode": "standard"},
+            retries=retries,
             connect_timeout=5,
             read_timeout=30,
             max_pool_connections=64,
