@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -219,52 +219,62 @@ class WritePipeline:
         upload = replace(upload, storage={**before.storage, **result.storage})
         completing = upload.completed_at is not None and before.completed_at is None
         # post-finish goes with the completing commit, or, where the stored object only exists once
-        # `finish` is done (S3), with the commit that records it (`finish`).
+        # `finish` is done (S3), with the commit that records it, the lease kept until then.
+        keep = completing and self.storage.unfinished(upload)
         events = (
             self.hooks.durable(EventType.POST_FINISH, upload, self.storage.describe(upload), run.request)
-            if completing and not self.storage.unfinished(upload)
+            if completing and not keep
             else ()
         )
         committed = await self.records.commit(
-            upload, run.lease.owner, before.offset, release=True, events=events
+            upload, run.lease.owner, before.offset, release=not keep, ttl=self.locks.ttl, events=events
         )
         if committed is None:
             return None
         self.storage.committed(before, committed)
-        run.lease.move(LeaseState.RELEASED)
+        if not keep:
+            run.lease.move(LeaseState.RELEASED)
         if self.hooks.reports_progress and committed.offset != before.offset:
             self.hooks.progressed(committed, self.storage.describe(committed), run.request)
-        if completing:
-            committed = await self.finish(committed, run.request)  # only the completing request
+        if completing:  # only the completing request gets here
+            committed = await self.finish(committed, run.request, run.lease if keep else None)
             self.hooks.committed()
         return committed
 
-    async def finish(self, upload: Upload, request: RequestInfo | None = None) -> Upload:
+    async def finish(
+        self, upload: Upload, request: RequestInfo | None = None, lease: Lease | None = None
+    ) -> Upload:
         """`Storage.finish` a complete upload, then record the state it reports (with the post-finish
-        events held back for it) under a lease of its own. If that cannot happen (a crash, a request
+        events held back for it) under `lease` (the completing request's, kept: a HEAD meanwhile
+        waits for the record) or a lease of its own. If that cannot happen (a crash, a request
         holding the upload), the upload stays `unfinished` and is finished again on its next access
-        (`UploadService.get`)."""
-        state = await self.storage.finish(upload)
+        (`UploadService.get`) or by the sweeper."""
+        state = await self.storage.finish(upload)  # on failure the holder's context releases `lease`
         log.info("upload_finished upload_id=%s length=%s", upload.id, upload.length)
         if not state:
             return upload
+        if lease is not None:
+            return await self._record_finish(lease, upload, state, request)
         try:
-            async with self.locks.hold(upload.id) as lease:
-                current = lease.upload
-                if not self.storage.unfinished(current):
-                    return current  # another request recorded it meanwhile
-                done = replace(current, storage={**current.storage, **state})
-                events = self.hooks.durable(EventType.POST_FINISH, done, self.storage.describe(done), request)
-                recorded = await self.records.commit(
-                    done, lease.owner, current.offset, release=True, events=events
-                )
-                if recorded is not None:
-                    lease.move(LeaseState.RELEASED)
-                    self.hooks.committed()
-                    return recorded
+            async with self.locks.hold(upload.id) as held:
+                if not self.storage.unfinished(held.upload):
+                    return held.upload  # another request recorded it meanwhile
+                return await self._record_finish(held, held.upload, state, request)
         except TusError as problem:
             log.warning("upload_finish_not_recorded upload_id=%s reason=%s", upload.id, problem.message)
         return upload
+
+    async def _record_finish(
+        self, lease: Lease, current: Upload, state: Mapping[str, str], request: RequestInfo | None
+    ) -> Upload:
+        done = replace(current, storage={**current.storage, **state})
+        events = self.hooks.durable(EventType.POST_FINISH, done, self.storage.describe(done), request)
+        recorded = await self.records.commit(done, lease.owner, current.offset, release=True, events=events)
+        if recorded is None:
+            return current  # taken over meanwhile: still `unfinished`, finished again later
+        lease.move(LeaseState.RELEASED)
+        self.hooks.committed()
+        return recorded
 
     def _declare_length(self, upload: Upload, length: int) -> Upload:
         """creation-defer-length: set the length once; repeating the same value is harmless (D-5)."""
