@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -244,34 +244,33 @@ class WritePipeline:
     async def finish(
         self, upload: Upload, request: RequestInfo | None = None, lease: Lease | None = None
     ) -> Upload:
-        """`Storage.finish` a complete upload, then record the state it reports (with the post-finish
-        events held back for it) under `lease` (the completing request's, kept: a HEAD meanwhile
-        waits for the record) or a lease of its own. If that cannot happen (a crash, a request
-        holding the upload), the upload stays `unfinished` and is finished again on its next access
+        """`Storage.finish` a complete upload. Where the backend has state to record afterwards (S3:
+        `unfinished`), that happens under `lease` (the completing request's, kept: a HEAD or GET
+        meanwhile waits for it) or a lease taken here first, with the post-finish events held back
+        for it, so one request at a time finishes. If the record cannot be written (a crash, a
+        takeover), the upload stays `unfinished` and is finished again on its next access
         (`UploadService.get`) or by the sweeper."""
+        if lease is not None:
+            return await self._finish_under(lease, upload, request)
+        if not self.storage.unfinished(upload):  # nothing to record (local files)
+            await self.storage.finish(upload)
+            log.info("upload_finished upload_id=%s length=%s", upload.id, upload.length)
+            return upload
+        async with self.locks.hold(upload.id) as held:
+            if not self.storage.unfinished(held.upload):
+                return held.upload  # finished by another request meanwhile
+            return await self._finish_under(held, held.upload, request)
+
+    async def _finish_under(self, lease: Lease, upload: Upload, request: RequestInfo | None) -> Upload:
         state = await self.storage.finish(upload)  # on failure the holder's context releases `lease`
         log.info("upload_finished upload_id=%s length=%s", upload.id, upload.length)
         if not state:
             return upload
-        if lease is not None:
-            return await self._record_finish(lease, upload, state, request)
-        try:
-            async with self.locks.hold(upload.id) as held:
-                if not self.storage.unfinished(held.upload):
-                    return held.upload  # another request recorded it meanwhile
-                return await self._record_finish(held, held.upload, state, request)
-        except TusError as problem:
-            log.warning("upload_finish_not_recorded upload_id=%s reason=%s", upload.id, problem.message)
-        return upload
-
-    async def _record_finish(
-        self, lease: Lease, current: Upload, state: Mapping[str, str], request: RequestInfo | None
-    ) -> Upload:
-        done = replace(current, storage={**current.storage, **state})
+        done = replace(upload, storage={**upload.storage, **state})
         events = self.hooks.durable(EventType.POST_FINISH, done, self.storage.describe(done), request)
-        recorded = await self.records.commit(done, lease.owner, current.offset, release=True, events=events)
+        recorded = await self.records.commit(done, lease.owner, upload.offset, release=True, events=events)
         if recorded is None:
-            return current  # taken over meanwhile: still `unfinished`, finished again later
+            return upload  # taken over meanwhile: still `unfinished`, finished again later
         lease.move(LeaseState.RELEASED)
         self.hooks.committed()
         return recorded
