@@ -24,7 +24,7 @@ from tusserver.database import downgrade, make_engine, migrate
 from tusserver.http_limits import LimitedHttpToolsProtocol
 from tusserver.outbox import Outbox
 from tusserver.preflight import StartupProblem, explain, run_checks
-from tusserver.runtime import running
+from tusserver.runtime import build_hooks, running
 
 # (flag, metavar, help); a metavar of None makes an on/off switch.
 _SERVE_FLAGS: list[tuple[str, str | None, str]] = [
@@ -203,7 +203,9 @@ async def _hooks(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _cleanup(settings: Settings) -> tuple[int, int]:
-    async with running(settings) as runtime:
+    # With the configured hooks: finishing an upload a crash left unfinished (S3) records its
+    # post-finish event in the outbox, as a server's sweeper would.
+    async with running(settings, build_hooks(settings)) as runtime:
         return await runtime.sweeper.sweep(), await runtime.sweeper.reap_orphans()
 
 
