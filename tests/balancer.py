@@ -8,9 +8,13 @@ The nginx settings are the ones the README recommends for uploads: no request bu
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import subprocess
+import threading
+import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from tests.servers import ServerProcess, free_port, wait_for_port
@@ -106,3 +110,17 @@ class Balancer:
 
     def upstream_log(self) -> str:
         return (self.root / "access.log").read_text() if (self.root / "access.log").exists() else ""
+
+
+def kill_9_chaos(instances: Sequence[ServerProcess], done: threading.Event, seed: int, every: float) -> None:
+    """A bounded loop (6 rounds, 40 s at most, until `done`): kill -9 a random instance every
+    `every` seconds and start it again half a second later."""
+    rng = random.Random(seed)
+    deadline = time.monotonic() + 40
+    for _ in range(6):
+        if done.wait(every) or time.monotonic() > deadline:
+            return
+        victim = rng.choice(instances)
+        victim.kill()
+        time.sleep(0.5)
+        victim.start()

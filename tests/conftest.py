@@ -12,6 +12,7 @@ import asyncio
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import asyncpg
@@ -20,6 +21,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from tests.pgcluster import PostgresCluster
+from tests.s3server import MotoServer, remember_s3_location, use_credentials
 from tests.servers import ServerProcess
 from tusserver import Settings, create_app
 from tusserver.protocol import TUS_RESUMABLE, TUS_VERSION
@@ -41,6 +43,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "postgresql: needs PostgreSQL whatever --database says")
+    config.addinivalue_line(
+        "markers", "local_storage: looks into the data directory, so runs with local storage only"
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -54,11 +59,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = kept
 
 
+S3_PROTOCOL_MODULES = {
+    "tests.test_core",
+    "tests.test_creation",
+    "tests.test_defer_length",
+    "tests.test_checksum",
+    "tests.test_concatenation",
+    "tests.test_termination",
+    "tests.test_download",
+}
+"""Protocol suites whose `settings` tests also run against S3 storage (moto)."""
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "backend" in metafunc.fixturenames:
         chosen = metafunc.config.getoption("--database")
         backends = BACKENDS if chosen == "all" else (chosen,)
         metafunc.parametrize("backend", backends, scope="session")
+    if (
+        "storage_kind" in metafunc.fixturenames
+        and metafunc.module.__name__ in S3_PROTOCOL_MODULES
+        and metafunc.definition.get_closest_marker("local_storage") is None
+    ):
+        metafunc.parametrize("storage_kind", ["local", "s3"])
 
 
 @pytest.fixture
@@ -120,8 +143,35 @@ async def _forget_hook_events(url: str) -> None:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, database_url: str) -> Settings:
-    return Settings(data_dir=tmp_path / "data", database_url=database_url, lock_timeout=2.0)
+def storage_kind() -> str:
+    """`local`, or `s3` in the protocol suites that run against both (`S3_PROTOCOL_MODULES`)."""
+    return "local"
+
+
+@pytest.fixture
+def settings(
+    tmp_path: Path, database_url: str, storage_kind: str, request: pytest.FixtureRequest
+) -> Settings:
+    settings = Settings(data_dir=tmp_path / "data", database_url=database_url, lock_timeout=2.0)
+    if storage_kind == "s3":
+        server: MotoServer = request.getfixturevalue("s3_server")
+        settings = s3_settings(settings, server, request.getfixturevalue("s3_bucket"))
+    return settings
+
+
+def s3_settings(settings: Settings, server: MotoServer, bucket: str) -> Settings:
+    """`settings` with S3 storage in `bucket` (5 MiB parts); `tests.helpers.stored_bytes` follows."""
+    settings = replace(
+        settings,
+        storage="s3",
+        s3_bucket=bucket,
+        s3_prefix="tus",
+        s3_endpoint_url=server.url,
+        s3_region="us-east-1",
+        s3_part_size=5 * 1024 * 1024,
+    )
+    remember_s3_location(settings)
+    return settings
 
 
 @pytest.fixture
@@ -172,3 +222,22 @@ def server(tmp_path: Path, database_url: str) -> Iterator[ServerProcess]:
     process.start()
     yield process
     process.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    """One moto S3 server for the session (its own process on a loopback port), with the dummy
+    credentials exported while it runs."""
+    server = MotoServer(tmp_path_factory.mktemp("moto") / "moto.log")
+    with use_credentials():
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: MotoServer) -> str:
+    """A new, empty bucket of the session's S3 server."""
+    return s3_server.new_bucket()

@@ -65,6 +65,7 @@ async def test_space_after_semicolon_and_repeated_partial_x13_x14(
     assert stored_bytes(settings.data_dir, httpx.URL(again.headers["Location"]).path) == b"ab"
 
 
+@pytest.mark.local_storage
 async def test_partials_are_deleted_once_assembled(client: httpx.AsyncClient, settings: Settings) -> None:
     first, second = await partial(client, b"left-"), await partial(client, b"right")
     response = await final(client, f"final;{first} {second} {first}")
@@ -93,6 +94,7 @@ async def test_patch_to_final_is_403_whatever_the_offset_x6(client: httpx.AsyncC
     assert (await client.head(path)).headers["Upload-Offset"] == "6"
 
 
+@pytest.mark.local_storage
 async def test_unfinished_or_unknown_partials_create_nothing_x7_x8(
     client: httpx.AsyncClient, settings: Settings
 ) -> None:
@@ -171,6 +173,7 @@ async def test_deleting_a_partial_leaves_the_final_intact_t7(
 
 
 @pytest.mark.parametrize("error", [errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP])
+@pytest.mark.local_storage
 async def test_assembly_falls_back_to_plain_copies(
     client: httpx.AsyncClient, settings: Settings, monkeypatch: pytest.MonkeyPatch, error: int
 ) -> None:

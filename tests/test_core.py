@@ -50,6 +50,7 @@ async def test_options_shows_configured_max_size_c_h6(tmp_path: Path, database_u
 
 @pytest.mark.parametrize("version", [None, "0.0.1", "1.0", "2.0.0"])
 @pytest.mark.parametrize("method", ["POST", "HEAD", "PATCH", "DELETE"])
+@pytest.mark.local_storage
 async def test_unsupported_tus_resumable_is_412_and_not_processed_c_h2_c_h3(
     client: httpx.AsyncClient, settings: Settings, method: str, version: str | None
 ) -> None:
@@ -132,6 +133,7 @@ async def test_patch_needs_a_valid_offset_c_p2_c_h7(client: httpx.AsyncClient, o
     assert await offset_of(client, path) == 0
 
 
+@pytest.mark.local_storage  # reads the bytes of an unfinished upload
 async def test_offset_mismatch_is_409_with_current_offset_c_p3_c_p4(
     client: httpx.AsyncClient, settings: Settings
 ) -> None:
@@ -150,6 +152,7 @@ async def test_patch_unknown_upload_is_404_c_p6(client: httpx.AsyncClient) -> No
     assert response.status_code == 404
 
 
+@pytest.mark.local_storage  # reads the bytes of an unfinished upload
 async def test_bytes_beyond_length_are_413_and_not_stored_c_p7(
     client: httpx.AsyncClient, settings: Settings
 ) -> None:
@@ -277,6 +280,7 @@ async def test_method_override_is_honoured_c_h8(client: httpx.AsyncClient) -> No
     assert (await client.head(path)).status_code == 404
 
 
+@pytest.mark.local_storage
 async def test_bytes_beyond_the_committed_offset_are_debris_and_get_overwritten(
     client: httpx.AsyncClient, settings: Settings
 ) -> None:

@@ -46,6 +46,7 @@ async def test_each_post_gets_a_distinct_unguessable_id_cr10(client: httpx.Async
         ({"Upload-Length": "5", "Upload-Metadata": "k not_base64!"}, "Upload-Metadata"),
     ],
 )
+@pytest.mark.local_storage
 async def test_bad_creation_headers_are_400_and_create_nothing_cr3_cr4_cr5_cr8_m4(
     client: httpx.AsyncClient, settings: Settings, headers: dict[str, str], needle: str
 ) -> None:
@@ -107,6 +108,7 @@ async def test_post_with_partial_body_cu4(client: httpx.AsyncClient) -> None:
     assert await offset_of(client, httpx.URL(response.headers["Location"]).path) == 27
 
 
+@pytest.mark.local_storage
 async def test_post_body_larger_than_length_is_413_cu5(client: httpx.AsyncClient, settings: Settings) -> None:
     response = await client.post(BASE, headers={"Upload-Length": "300", **OCTETS}, content=b"x" * 400)
     assert response.status_code == 413
@@ -114,6 +116,7 @@ async def test_post_body_larger_than_length_is_413_cu5(client: httpx.AsyncClient
         assert stored.read_bytes() == b""
 
 
+@pytest.mark.local_storage
 async def test_post_body_with_wrong_content_type_is_415_cu2(
     client: httpx.AsyncClient, settings: Settings
 ) -> None:

@@ -58,6 +58,7 @@ async def test_finished_upload_is_cacheable_and_answers_conditional_gets(client:
         assert again.content == DATA
 
 
+@pytest.mark.local_storage
 async def test_missing_file_is_410_before_any_header(client: httpx.AsyncClient, settings: Settings) -> None:
     path = await finished(client)
     (settings.uploads_dir / path.rsplit("/", 1)[1]).unlink()  # gone under its row, by hand

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.balancer import Balancer
+from tests.balancer import Balancer, kill_9_chaos
 from tests.helpers import MiB, random_file, raw_patch_head, sha256_file, stored_file
 from tests.pgcluster import PostgresCluster
 from tests.servers import ServerProcess
@@ -175,19 +175,7 @@ def test_chaos_kill_9_random_instances_during_uploads(deployment: Deployment, tm
     """(c) a bounded loop kills -9 a random instance every few seconds and restarts it."""
     sources = sources_of(tmp_path, 20, 1, 24)
     done = threading.Event()
-
-    def chaos() -> None:
-        rng = random.Random(3)
-        deadline = time.monotonic() + 40
-        for _ in range(6):
-            if done.wait(2.5) or time.monotonic() > deadline:
-                return
-            victim = rng.choice(deployment.instances)
-            victim.kill()
-            time.sleep(0.5)
-            victim.start()
-
-    thread, errors = in_background(chaos)
+    thread, errors = in_background(lambda: kill_9_chaos(deployment.instances, done, seed=3, every=2.5))
     try:
         upload_all(deployment.balancer.url, sources, deployment.data_dir, retries=40)
     finally:

@@ -1,34 +1,48 @@
 """The `Storage` contract (tusserver/core.py), run against every backend: what the write pipeline and
-the upload service rely on. A new backend joins by adding itself to `BACKENDS`."""
+the upload service rely on. A new backend joins by adding itself to `BACKENDS`.
+
+As in the pipeline, the backend state a write reports (`WriteResult.storage`) is committed with the
+offset (`commit`); reads are of finished uploads, as the server only serves those."""
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from tusserver.core import Storage, Upload, new_upload_id, utcnow
+from tusserver.core import Storage, Upload, WriteResult, new_upload_id, utcnow
 from tusserver.errors import UploadDataLost
 from tusserver.storage import LocalStorage
+from tusserver.storage.s3 import S3Storage
+from tusserver.storage.s3_client import MiB, S3Client, S3Location
 
 pytestmark = pytest.mark.anyio
-BACKENDS: dict[str, Callable[[Path], Storage]] = {
-    "local": lambda root: LocalStorage(root / "uploads", min_free_space="0"),
+
+
+def s3_storage(root: Path, request: pytest.FixtureRequest) -> Storage:
+    """A bucket of the session's moto server, under a prefix, with 5 MiB parts."""
+    bucket: str = request.getfixturevalue("s3_bucket")
+    client = S3Client(request.getfixturevalue("s3_server").url, "us-east-1")
+    return S3Storage(S3Location(bucket, "tus/"), client, root / "spool", part_size=5 * MiB)
+
+
+BACKENDS: dict[str, Callable[[Path, pytest.FixtureRequest], Storage]] = {
+    "local": lambda root, _: LocalStorage(root / "uploads", min_free_space="0"),
     # with fsync every block goes through the storage threads: the other half of the local writer
-    "local-fsync": lambda root: LocalStorage(root / "uploads", fsync=True, min_free_space="0"),
+    "local-fsync": lambda root, _: LocalStorage(root / "uploads", fsync=True, min_free_space="0"),
+    "s3": s3_storage,
 }
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Storage]:
-    backend = BACKENDS[request.param](tmp_path)
+    backend = BACKENDS[request.param](tmp_path, request)
     yield backend
-    close = getattr(backend, "close", None)
-    if close is not None:
-        close()
+    await backend.aclose()
 
 
 def new_upload(length: int | None, offset: int = 0, concat: str | None = None) -> Upload:
@@ -42,37 +56,76 @@ async def stored(storage: Storage, upload: Upload) -> bytes:
     return b"".join([block async for block in await storage.read(upload)])
 
 
-async def write(storage: Storage, upload: Upload, *chunks: bytes) -> int:
+async def created(storage: Storage, length: int | None, concat: str | None = None) -> Upload:
+    upload = new_upload(length, concat=concat)
+    return replace(upload, storage=await storage.create(upload))
+
+
+def commit(storage: Storage, upload: Upload, result: WriteResult) -> Upload:
+    """What the pipeline's compare-and-set does with a write's result."""
+    after = replace(
+        upload, offset=upload.offset + result.written, storage={**upload.storage, **result.storage}
+    )
+    storage.committed(upload, after)
+    return after
+
+
+async def write(storage: Storage, upload: Upload, *chunks: bytes) -> Upload:
+    """Write `chunks` at the upload's offset; the upload as committed after it."""
     writer = storage.writer(upload)
     for chunk in chunks:
         await writer.write(chunk)
-    return (await writer.close()).written
+    return commit(storage, upload, await writer.close())
+
+
+async def write_uncommitted(storage: Storage, upload: Upload, *chunks: bytes) -> None:
+    """A write whose commit never happens (its process died before it)."""
+    writer = storage.writer(upload)
+    for chunk in chunks:
+        await writer.write(chunk)
+    await writer.close()
+
+
+async def finished(storage: Storage, upload: Upload) -> bytes:
+    """Finish a complete upload and read it whole."""
+    assert upload.is_complete
+    await storage.finish(upload)
+    return await stored(storage, upload)
 
 
 async def test_writes_append_at_the_offset_and_report_what_they_stored(storage: Storage) -> None:
-    upload = new_upload(10)
-    upload = replace(upload, storage=await storage.create(upload))
-    assert await write(storage, upload, b"012", b"34") == 5
-    upload = replace(upload, offset=5)
-    assert await write(storage, upload, b"56789") == 5
-    upload = replace(upload, offset=10)
-    await storage.finish(upload)
-    assert await stored(storage, upload) == b"0123456789"
+    upload = await created(storage, 10)
+    upload = await write(storage, upload, b"012", b"34")
+    assert upload.offset == 5
+    upload = await write(storage, upload, b"56789")
+    assert upload.offset == 10
+    assert await finished(storage, upload) == b"0123456789"
 
 
 async def test_bytes_past_the_offset_are_debris_that_the_next_write_replaces(storage: Storage) -> None:
-    upload = new_upload(6)
-    await storage.create(upload)
-    await write(storage, upload, b"abcdefgh")  # a write whose commit never happened
-    assert await write(storage, replace(upload, offset=2), b"CDEF") == 4
-    done = replace(upload, offset=6)
-    await storage.finish(done)
-    assert await stored(storage, done) == b"abCDEF"
+    upload = await write(storage, await created(storage, 6), b"ab")
+    await write_uncommitted(storage, upload, b"cdefgh")
+    done = await write(storage, upload, b"CDEF")
+    assert await finished(storage, done) == b"abCDEF"
+
+
+async def test_parts_past_the_offset_are_overwritten_under_the_same_number(storage: Storage) -> None:
+    """A writer killed after it stored a whole part (S3) but before the commit: the next writer
+    starts at the committed offset and its bytes win."""
+    size = 12 * MiB
+    first, second = b"a" * MiB, bytes(range(256)) * (size // 256)
+    upload = await write(storage, await created(storage, size), first)
+    await write_uncommitted(storage, upload, b"x" * (7 * MiB))
+    done = await write(storage, upload, second[MiB:])
+    assert done.offset == size
+    assert (
+        hashlib.sha256(await finished(storage, done)).digest()
+        == hashlib.sha256(first + second[MiB:]).digest()
+    )
 
 
 async def test_a_writer_feeds_the_checksum_with_every_byte_it_stores(storage: Storage) -> None:
-    upload = new_upload(None)
-    await storage.create(upload)
+    upload = await created(storage, None)
     hasher = hashlib.sha256()
     writer = storage.writer(upload, hasher)
     chunks = [bytes([n]) * 70_000 for n in range(40)]  # several blocks' worth
@@ -83,31 +136,28 @@ async def test_a_writer_feeds_the_checksum_with_every_byte_it_stores(storage: St
 
 
 async def test_flush_stores_what_was_given_and_abort_stores_nothing_more(storage: Storage) -> None:
-    upload = new_upload(None)
-    await storage.create(upload)
+    upload = await created(storage, None)
     writer = storage.writer(upload)
     await writer.write(b"kept")
-    assert (await writer.flush()).written == 4
+    flushed = await writer.flush()
+    assert flushed.written == 4
     await writer.write(b"x")
     assert (await writer.abort()).written in (4, 5)  # held back bytes may or may not be out
-    assert (await stored(storage, replace(upload, offset=4))) == b"kept"
+    upload = replace(commit(storage, upload, flushed), length=4)
+    assert await finished(storage, upload) == b"kept"
 
 
-async def test_reads_serve_committed_ranges_only(storage: Storage) -> None:
-    upload = new_upload(8)
-    await storage.create(upload)
-    await write(storage, upload, b"01234567")
-    half = replace(upload, offset=4)  # only four bytes are committed
-    assert await stored(storage, half) == b"0123"
-    assert b"".join([b async for b in await storage.read(replace(upload, offset=8), 2, 5)]) == b"234"
+async def test_reads_serve_ranges(storage: Storage) -> None:
+    upload = await write(storage, await created(storage, 8), b"01234567")
+    assert await finished(storage, upload) == b"01234567"
+    assert b"".join([b async for b in await storage.read(upload, 2, 5)]) == b"234"
+    assert b"".join([b async for b in await storage.read(upload, 5, 5)]) == b""
 
 
 async def test_a_vanished_upload_is_reported_as_lost(storage: Storage) -> None:
-    upload = new_upload(8)
-    await storage.create(upload)
-    await write(storage, upload, b"0123")
+    upload = await write(storage, await created(storage, 8), b"0123")
     await storage.delete(upload)
-    writer = storage.writer(replace(upload, offset=4))
+    writer = storage.writer(upload)
 
     async def write_and_close() -> None:  # the error may come from either: backends buffer
         await writer.write(b"4567")
@@ -116,15 +166,48 @@ async def test_a_vanished_upload_is_reported_as_lost(storage: Storage) -> None:
     with pytest.raises(UploadDataLost):
         await write_and_close()
     await writer.abort()
+    with pytest.raises(UploadDataLost):
+        await storage.read(replace(upload, offset=8))
 
 
 async def test_delete_is_idempotent_and_zero_length_uploads_finish(storage: Storage) -> None:
-    upload = new_upload(0)
-    await storage.create(upload)
+    upload = await created(storage, 0)
+    assert await finished(storage, upload) == b""
+    await storage.delete(upload)
+    await storage.delete(upload)
+
+
+async def test_deferred_length_uploads_of_no_bytes_finish_empty(storage: Storage) -> None:
+    upload = replace(await created(storage, None), length=0)
+    assert await finished(storage, upload) == b""
+
+
+async def test_finish_is_idempotent(storage: Storage) -> None:
+    upload = await write(storage, await created(storage, 3), b"abc")
     await storage.finish(upload)
-    assert await stored(storage, upload) == b""
-    await storage.delete(upload)
-    await storage.delete(upload)
+    assert await finished(storage, upload) == b"abc"
+
+
+async def test_delete_leaves_nothing_and_orphans_are_found(storage: Storage) -> None:
+    upload = await write(storage, await created(storage, 20), b"some")
+    kept = await write(storage, await created(storage, 3), b"abc")
+    assert await storage.missing([upload.id, kept.id]) == set()
+    future = utcnow() + timedelta(hours=1)
+    listed = [name async for batch in storage.stored_before(future, 100) for name in batch]
+    assert set(listed) == {upload.id, kept.id}
+    assert await storage.discard(upload.id)
+    assert not await storage.discard(upload.id)
+    assert await storage.missing([upload.id, kept.id]) == {upload.id}
+    past = utcnow() - timedelta(hours=1)
+    assert [name async for batch in storage.stored_before(past, 100) for name in batch] == []
+
+
+async def test_a_finish_whose_state_is_recorded_is_no_longer_unfinished(storage: Storage) -> None:
+    upload = await write(storage, await created(storage, 3), b"abc")
+    upload = replace(upload, completed_at=utcnow())
+    state = await storage.finish(upload)
+    assert not storage.unfinished(replace(upload, storage={**upload.storage, **state}))
+    assert not storage.unfinished(replace(upload, offset=2, completed_at=None))  # not complete
 
 
 async def test_concatenation_when_the_backend_declares_it(storage: Storage) -> None:
@@ -132,13 +215,28 @@ async def test_concatenation_when_the_backend_declares_it(storage: Storage) -> N
         pytest.skip("this backend does not offer concatenation")
     parts = []
     for text in (b"abc", b"de"):
-        part = new_upload(len(text), concat="partial")
-        await storage.create(part)
-        await write(storage, part, text)
-        parts.append(replace(part, offset=len(text)))
+        part = await write(storage, await created(storage, len(text), concat="partial"), text)
+        await storage.finish(part)
+        parts.append(part)
     final = new_upload(5, offset=5)
     await storage.concatenate(final, parts)
     assert await stored(storage, final) == b"abcde"
+
+
+async def test_concatenation_of_large_and_small_partials(storage: Storage) -> None:
+    """Partials of 6 MiB (a part of its own), 1 MiB (too small for one) and 5 MiB + 3 bytes."""
+    if "concatenation" not in storage.capabilities:
+        pytest.skip("this backend does not offer concatenation")
+    texts = [b"A" * (6 * MiB), b"B" * MiB, b"C" * (5 * MiB) + b"end"]
+    parts = []
+    for text in texts:
+        part = await write(storage, await created(storage, len(text), concat="partial"), text)
+        await storage.finish(part)
+        parts.append(part)
+    total = sum(map(len, texts))
+    final = new_upload(total, offset=total)
+    await storage.concatenate(final, parts)
+    assert await stored(storage, final) == b"".join(texts)
 
 
 async def test_room_is_known_or_unlimited(storage: Storage) -> None:

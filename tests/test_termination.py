@@ -12,6 +12,7 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.mark.parametrize("complete", [False, True])
+@pytest.mark.local_storage
 async def test_delete_removes_upload_and_bytes_t2_t3(
     client: httpx.AsyncClient, settings: Settings, complete: bool
 ) -> None:

@@ -34,6 +34,7 @@ from tusserver.health import Readiness
 from tusserver.middleware import TusMiddleware
 from tusserver.observed import Observer
 from tusserver.runtime import build_hooks, running
+from tusserver.storage import check_storage
 
 log = logging.getLogger(__name__)
 # Routes take every common method so that the handlers answer 405 with the right `Allow` (CR-14).
@@ -56,6 +57,7 @@ def create_app(
     settings = settings or Settings()
     tune_malloc()  # every process that serves, workers and embedders too (allocator.py)
     built = build_hooks(settings, hooks)  # fail at start-up, not at the first finished upload
+    check_storage(settings)
     base = settings.base_path
     ops_paths = ops.paths(settings)
     admin = AdminPage(settings, settings.admin_token) if settings.admin_token else None

@@ -27,7 +27,7 @@ from tusserver.database import downgrade, make_engine, migrate
 from tusserver.interim import InterimHttpToolsProtocol
 from tusserver.outbox import Outbox
 from tusserver.preflight import StartupProblem, explain, run_checks
-from tusserver.runtime import running
+from tusserver.runtime import build_hooks, running
 
 # (flag, metavar, help); a metavar of None makes an on/off switch.
 _SERVE_FLAGS: list[tuple[str, str | None, str]] = [
@@ -78,13 +78,22 @@ _SERVE_FLAGS: list[tuple[str, str | None, str]] = [
     ("max-concat-parts", "N", "most partial uploads in one final upload (default 1000)"),
     ("keep-partials", None, "keep partial uploads after a final upload assembled them"),
     ("orphan-grace", "DURATION", "age at which files without a row, rows without a file are reaped (1h)"),
+    ("storage", "KIND", "where upload bytes go: local, s3 or s3://bucket/prefix (default local)"),
+    ("s3-bucket", "NAME", "bucket of --storage s3"),
+    ("s3-prefix", "PREFIX", "key prefix (folder) of every object in the bucket (default none)"),
+    ("s3-endpoint-url", "URL", "S3-compatible endpoint: MinIO, R2, B2, Ceph (default AWS)"),
+    ("s3-region", "REGION", "region of the bucket (default: AWS configuration chain)"),
+    ("s3-part-size", "BYTES", "preferred multipart part size, at least 5M (default 8M)"),
     ("workers", "N", "server processes on this host (default 1)"),
     ("shutdown-timeout", "SECONDS", "on SIGTERM, time given to in-flight requests (default 10)"),
     ("lock-timeout", "SECONDS", "wait for another request on the same upload before 423 (default 10)"),
     ("lock-ttl", "SECONDS", "how long an upload lock outlives a killed process (default 6)"),
     ("hook-timeout", "SECONDS", "time limit of a webhook call and of hooks at shutdown (default 30)"),
 ]  # fmt: skip
-_STORAGE_FLAGS = {"data-dir", "database-url", "database-timeout", "log-level", "log-format"}
+_STORAGE_FLAGS = {
+    "data-dir", "database-url", "database-timeout", "log-level", "log-format",
+    "storage", "s3-bucket", "s3-prefix", "s3-endpoint-url", "s3-region", "s3-part-size",
+}  # fmt: skip
 
 
 def _flag_help(name: str, text: str) -> str:
@@ -202,7 +211,9 @@ async def _hooks(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _cleanup(settings: Settings) -> tuple[int, int]:
-    async with running(settings) as runtime:
+    # With the configured hooks: finishing an upload a crash left unfinished (S3) records its
+    # post-finish event in the outbox, as a server's sweeper would.
+    async with running(settings, build_hooks(settings)) as runtime:
         return await runtime.sweeper.sweep(), await runtime.sweeper.reap_orphans()
 
 

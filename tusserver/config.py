@@ -143,6 +143,19 @@ class Settings:
     """Seconds a stored file without an upload row (or a row whose file is gone) is left alone before
     the sweeper reaps it: leaves room for requests creating or assembling one right now."""
 
+    storage: str = "local"
+    """Where upload bytes go: `local` (`<data_dir>/uploads/`), `s3`, or `s3://bucket/prefix`."""
+    s3_bucket: str | None = None
+    """Bucket of `--storage s3`."""
+    s3_prefix: str = ""
+    """Key prefix (a folder) for every object of `--storage s3`."""
+    s3_endpoint_url: str | None = None
+    """S3-compatible endpoint (MinIO, R2, B2, Ceph); None: AWS S3 of `s3_region`."""
+    s3_region: str | None = None
+    """Region of the bucket; None: from the AWS configuration chain."""
+    s3_part_size: int = 8 * 1024 * 1024
+    """Preferred multipart part size in bytes (at least 5 MiB; larger when an upload needs it)."""
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "base_path", normalize_base_path(self.base_path))
         for name in ("metrics_path", "health_path", "admin_path"):
@@ -246,6 +259,13 @@ def _url_path(text: str) -> str:
     return value
 
 
+def _storage_kind(text: str) -> str:
+    value = text.strip()
+    if value in {"local", "s3"} or value.startswith("s3://"):
+        return value
+    raise ValueError(f"not a storage: {text!r} (local, s3 or s3://bucket/prefix)")
+
+
 _FIELD_PARSERS: dict[str, Callable[[str], object]] = {
     "host": str,
     "port": int,
@@ -299,5 +319,11 @@ _FIELD_PARSERS: dict[str, Callable[[str], object]] = {
     "max_concat_parts": int,
     "keep_partials": parse_bool,
     "orphan_grace": parse_duration,
+    "storage": _storage_kind,
+    "s3_bucket": str,
+    "s3_prefix": str,
+    "s3_endpoint_url": str,
+    "s3_region": str,
+    "s3_part_size": parse_byte_size,
 }
 assert set(_FIELD_PARSERS) <= {f.name for f in fields(Settings)}

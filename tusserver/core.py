@@ -167,9 +167,20 @@ class Storage(Protocol):
         """Fill the new `upload` with the committed bytes of `parts`, in order, streaming."""
         ...
 
-    async def finish(self, upload: Upload) -> None:
+    def committed(self, before: Upload, after: Upload) -> None:
+        """A commit replaced `before`'s backend state by `after`'s: the backend may now drop what only
+        `before` named (e.g. an S3 tail object). Never blocks nor raises; work goes to the background."""
+        ...
+
+    async def finish(self, upload: Upload) -> Mapping[str, str]:
         """Make the stored object exactly `upload.length` bytes long; called after the completing
-        commit, so it must be idempotent (a crash may leave it to be done again)."""
+        commit, so it must be idempotent (a crash may leave it to be done again). Returns backend
+        state to record once it is done ({}: nothing to record)."""
+        ...
+
+    def unfinished(self, upload: Upload) -> bool:
+        """True for a complete upload whose `finish` is not known to have happened (a crash came
+        between the completing commit and the end of `finish`): it is finished again on access."""
         ...
 
     async def read(self, upload: Upload, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
@@ -186,6 +197,11 @@ class Storage(Protocol):
         """IDs of the stored objects last written before `cutoff`, in batches (for orphan reaping)."""
         ...
 
+    def pending_before(self, cutoff: datetime, batch: int) -> AsyncIterator[list[str]]:
+        """IDs of uploads with storage work begun before `cutoff` and maybe never ended (an S3
+        multipart upload), in batches: the sweeper finishes those that are complete but `unfinished`."""
+        ...
+
     async def missing(self, upload_ids: Sequence[str]) -> set[str]:
         """Which of `upload_ids` have no stored bytes at all."""
         ...
@@ -196,4 +212,8 @@ class Storage(Protocol):
 
     def describe(self, upload: Upload) -> Mapping[str, str]:
         """Where the bytes are, for hooks and logs (e.g. `{"type": "local", "path": ...}`)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the backend's threads and connections (at shutdown)."""
         ...

@@ -247,26 +247,71 @@ class WritePipeline:
         completing = upload.completed_at is not None and before.completed_at is None
         if completing:
             upload, run.refused = await self.pre_finish(upload, run.request)
+        # post-finish goes with the completing commit, or, where the stored object only exists once
+        # `finish` is done (S3), with the commit that records it, the lease kept until then.
+        keep = completing and self.storage.unfinished(upload)
         events = (
             self.hooks.durable(EventType.POST_FINISH, upload, self.storage.describe(upload), run.request)
-            if completing and not upload.is_rejected
+            if completing and not keep and not upload.is_rejected
             else ()
         )
         committed = await self.records.commit(
-            upload, run.lease.owner, before.offset, release=True, events=events
+            upload, run.lease.owner, before.offset, release=not keep, ttl=self.locks.ttl, events=events
         )
         if committed is None:
             return None
-        run.lease.move(LeaseState.RELEASED)
+        self.storage.committed(before, committed)
+        if not keep:
+            run.lease.move(LeaseState.RELEASED)
         if self.hooks.reports_progress and committed.offset != before.offset:
             self.hooks.progressed(committed, self.storage.describe(committed), run.request)
-        if completing:
-            await self.storage.finish(committed)  # only the request that completed it gets here: once
-            log.info("upload_finished upload_id=%s length=%s", committed.id, committed.length)
-            metrics.upload_finished(committed)
-            self.activity.finished(committed)
+        if completing:  # only the completing request gets here
+            committed = await self.finish(committed, run.request, run.lease if keep else None)
             self.hooks.committed()
         return committed
+
+    async def finish(
+        self, upload: Upload, request: RequestInfo | None = None, lease: Lease | None = None
+    ) -> Upload:
+        """`Storage.finish` a complete upload. Where the backend has state to record afterwards (S3:
+        `unfinished`), that happens under `lease` (the completing request's, kept: a HEAD or GET
+        meanwhile waits for it) or a lease taken here first, with the post-finish events held back
+        for it, so one request at a time finishes. If the record cannot be written (a crash, a
+        takeover), the upload stays `unfinished` and is finished again on its next access
+        (`UploadService.get`) or by the sweeper."""
+        if lease is not None:
+            return await self._finish_under(lease, upload, request)
+        if not self.storage.unfinished(upload):  # nothing to record (local files)
+            await self.storage.finish(upload)
+            self._finished(upload)
+            return upload
+        async with self.locks.hold(upload.id) as held:
+            if not self.storage.unfinished(held.upload):
+                return held.upload  # finished by another request meanwhile
+            return await self._finish_under(held, held.upload, request)
+
+    async def _finish_under(self, lease: Lease, upload: Upload, request: RequestInfo | None) -> Upload:
+        state = await self.storage.finish(upload)  # on failure the holder's context releases `lease`
+        self._finished(upload)
+        if not state:
+            return upload
+        done = replace(upload, storage={**upload.storage, **state})
+        events = (
+            ()
+            if done.is_rejected  # refused by pre-finish: no post-finish
+            else self.hooks.durable(EventType.POST_FINISH, done, self.storage.describe(done), request)
+        )
+        recorded = await self.records.commit(done, lease.owner, upload.offset, release=True, events=events)
+        if recorded is None:
+            return upload  # taken over meanwhile: still `unfinished`, finished again later
+        lease.move(LeaseState.RELEASED)
+        self.hooks.committed()
+        return recorded
+
+    def _finished(self, upload: Upload) -> None:
+        log.info("upload_finished upload_id=%s length=%s", upload.id, upload.length)
+        metrics.upload_finished(upload)
+        self.activity.finished(upload)
 
     async def pre_finish(
         self, upload: Upload, request: RequestInfo | None
@@ -403,6 +448,7 @@ class _Run:
             self.lease.move(LeaseState.LOST)
             return
         self.lease.renewed(sent_at)
+        pipeline.storage.committed(before, committed)
         self.upload, self.checkpointed = committed, result.written
         self.report(committed.offset)
         if pipeline.hooks.reports_progress:

@@ -3,9 +3,9 @@ names it, instead of a traceback or a server that starts and fails on the first 
 
 `check(settings)` runs before the server listens: the port is free, the data directory can be
 written, the SQLite library is new enough, the database can be reached with these credentials and its
-schema is one this release knows (it is migrated here). A problem raises `StartupProblem` with the
-line to print; `explain` turns an exception met later at start-up (a `migrate` or `cleanup` command)
-into the same kind of line.
+schema is one this release knows (it is migrated here), and an S3 bucket can be listed. A problem
+raises `StartupProblem` with the line to print; `explain` turns an exception met later at start-up
+(a `migrate` or `cleanup` command) into the same kind of line.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from sqlalchemy.engine import make_url
 from tusserver.config import Settings
 from tusserver.database import make_engine, migrate
 from tusserver.statements import sqlite_library_problem
+from tusserver.storage import storage_problem
 
 
 class StartupProblem(Exception):
@@ -33,6 +34,8 @@ class StartupProblem(Exception):
 async def check(settings: Settings) -> None:
     check_port(settings.host, settings.port)
     check_data_directory(settings.uploads_dir)
+    if (problem := await storage_problem(settings)) is not None:
+        raise StartupProblem(problem)
     await check_database(settings)
 
 

@@ -16,6 +16,7 @@ from datetime import timedelta
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tusserver.config import Settings
+from tusserver.core import Storage
 from tusserver.database import make_engine, migrate
 from tusserver.events import BLOCKING, DURABLE, EventType
 from tusserver.hooks import (
@@ -32,7 +33,7 @@ from tusserver.locking import UploadLocks, instance_name
 from tusserver.outbox import Dispatcher, Outbox
 from tusserver.policy import Policy
 from tusserver.records import UploadRecords
-from tusserver.storage import LocalStorage
+from tusserver.storage import make_storage
 from tusserver.sweeper import Sweeper
 from tusserver.tusd_hooks import TusdHttpHooks
 from tusserver.uploads import UploadService
@@ -94,7 +95,7 @@ async def running(settings: Settings, hooks: Hooks | None = None) -> AsyncIterat
     in reverse on exit."""
     engine = make_engine(settings.resolved_database_url, settings.fsync, settings.database_timeout)
     hooks = hooks if hooks is not None else Hooks()
-    storage: LocalStorage | None = None
+    storage: Storage | None = None
     records: UploadRecords | None = None
     keeper: asyncio.Task[None] | None = None
     dispatcher: Dispatcher | None = None
@@ -106,7 +107,7 @@ async def running(settings: Settings, hooks: Hooks | None = None) -> AsyncIterat
         )
         locks = UploadLocks(records, instance_name(), settings.lock_ttl, settings.lock_timeout)
         _write_errors_instead_of_signals()
-        storage = LocalStorage(settings.uploads_dir, settings.fsync, settings.min_free_space)
+        storage = make_storage(settings)
         service = UploadService(records, storage, locks, hooks, policy_of(settings), settings.network_timeout)
         keeper = asyncio.create_task(locks.keep())
         if hooks.routes:
@@ -120,7 +121,11 @@ async def running(settings: Settings, hooks: Hooks | None = None) -> AsyncIterat
             )
             hooks.attach(dispatcher)
             dispatching = asyncio.create_task(dispatcher.run())
-        yield Runtime(engine, service, Sweeper(records, storage, locks, settings.orphan_grace))
+        yield Runtime(
+            engine,
+            service,
+            Sweeper(records, storage, locks, settings.orphan_grace, finish=service.pipeline.finish),
+        )
     finally:
         if dispatcher is not None:
             await dispatcher.aclose(settings.hook_timeout)  # what is left is delivered on next start
@@ -130,7 +135,7 @@ async def running(settings: Settings, hooks: Hooks | None = None) -> AsyncIterat
                 await asyncio.gather(task, return_exceptions=True)
         await hooks.aclose()
         if storage is not None:
-            storage.close()
+            await storage.aclose()
         if records is not None:
             await records.close()
         await engine.dispose()

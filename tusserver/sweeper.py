@@ -1,6 +1,7 @@
 """`Sweeper`: deleting what nobody will use again, on an interval inside the server or once by
 `tusserver cleanup`: expired uploads, and orphans (stored bytes without an upload row, rows whose bytes
-are gone), so that the disk cannot leak.
+are gone), so that the disk cannot leak; and complete uploads whose `Storage.finish` a crash cut
+short (an S3 multipart upload never completed), which are finished.
 
 Safe with any number of sweepers at once (several instances, a cron job beside them) and under
 traffic: an upload is deleted only by whoever takes its lease, so two sweepers never delete the same
@@ -17,11 +18,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import timedelta
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
 
 from tusserver import metrics
 from tusserver.core import Storage, Upload, utcnow
-from tusserver.errors import ServiceUnavailable, UploadNotFound
+from tusserver.errors import ServiceUnavailable, TusError, UploadNotFound
 from tusserver.locking import UploadLocks
 from tusserver.policy import is_expired
 from tusserver.records import UploadRecords
@@ -41,10 +43,13 @@ class Sweeper:
         locks: UploadLocks,
         orphan_grace: float = 3600.0,
         batch: int = 200,
+        finish: Callable[[Upload], Awaitable[Upload]] | None = None,
     ) -> None:
         self._records = records
         self._storage = storage
         self._locks = locks
+        self._finish = finish
+        """Finishes a complete upload whose `Storage.finish` a crash interrupted (the write path's)."""
         self._orphan_grace = timedelta(seconds=orphan_grace)
         self._batch = batch
 
@@ -83,7 +88,8 @@ class Sweeper:
 
     async def reap_orphans(self) -> int:
         """Delete stored bytes without a row and rows without stored bytes, older than the grace
-        period; returns how many of either this sweeper removed."""
+        period, and finish complete uploads whose finish a crash interrupted; returns how many of
+        these this sweeper handled."""
         cutoff = utcnow() - self._orphan_grace
         reaped = 0
         async for stored in self._storage.stored_before(cutoff, self._batch):
@@ -92,6 +98,7 @@ class Sweeper:
                 if upload_id not in known and await self._storage.discard(upload_id):
                     log.warning("orphan_bytes_removed upload_id=%s", upload_id)
                     reaped += 1
+        reaped += await self._finish_interrupted(cutoff)
         after = ""
         while page := await self._records.ids_created_before(cutoff, after, self._batch):
             lost = sorted(await self._storage.missing(page))
@@ -106,6 +113,29 @@ class Sweeper:
                 reaped += await self._reap_row_without_bytes(upload_id)
             after = page[-1]
         return reaped
+
+    async def _finish_interrupted(self, cutoff: datetime) -> int:
+        """Complete uploads whose finish a crash cut short and that nobody asked for since: finished
+        now, so that their storage is not left half-done (an S3 multipart upload billed forever)."""
+        if self._finish is None:
+            return 0
+        finished = 0
+        async for batch in self._storage.pending_before(cutoff, self._batch):
+            for upload_id in batch:
+                try:
+                    upload = await self._records.get(upload_id)
+                except UploadNotFound:
+                    continue  # an orphan: reaped above
+                if not self._storage.unfinished(upload):
+                    continue
+                log.warning("upload_finish_resumed upload_id=%s by=sweeper", upload_id)
+                try:
+                    await self._finish(upload)
+                except TusError as problem:  # storage still failing: the next scan tries again
+                    log.warning("upload_finish_failed upload_id=%s reason=%s", upload_id, problem.message)
+                    continue
+                finished += 1
+        return finished
 
     async def _reap_row_without_bytes(self, upload_id: str) -> bool:
         owner = self._locks.new_owner()

@@ -7,6 +7,7 @@ the body once the row exists. The order of checks follows PROTOCOL.md §1.3.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -90,12 +91,20 @@ class UploadService:
     async def get(self, upload_id: str) -> Upload:
         """The upload as committed; 404 if unknown, 410 if expired (E-7, even before cleanup ran), the
         pre-finish hook's answer if it refused the upload."""
-        return _accepted(_alive(await self.records.get(upload_id)))
+        return _accepted(await self._finished(_alive(await self.records.get(upload_id))))
 
     async def status(self, upload_id: str) -> Upload:
         """HEAD: like `get`, but a request still writing is asked to finish first, so the offset
         includes what it received (a client resuming after a dropped connection, L-2, I-16)."""
-        return _accepted(_alive(await self.locks.wait_until_free(upload_id)))
+        return _accepted(await self._finished(_alive(await self.locks.wait_until_free(upload_id))))
+
+    async def _finished(self, upload: Upload) -> Upload:
+        """A complete upload whose `finish` a crash interrupted is finished now (no storage request
+        otherwise: `unfinished` reads the committed state)."""
+        if not self.storage.unfinished(upload):
+            return upload
+        log.info("upload_finish_resumed upload_id=%s", upload.id)
+        return await self.pipeline.finish(upload)
 
     async def create(self, request: NewUpload, body: Body | None, http: RequestInfo | None = None) -> Upload:
         """Create an upload; with a body, append it at offset 0 (creation-with-upload). Once the row
@@ -126,13 +135,13 @@ class UploadService:
         )
         if body is None:
             return await self._add_empty(upload, http)
+        upload = await self._create_storage(upload)
         lease = self.locks.new_lease(upload)
-        await self.records.add(upload, lease.owner, self.locks.ttl, self._created(upload, http))
+        await self._add_row(upload, self._created(upload, http), lease.owner, self.locks.ttl)
         self.hooks.committed()
         log.info("upload_created upload_id=%s length=%s", upload.id, upload.length)
         metrics.uploads_created.inc()
         async with self.locks.kept(lease):
-            await self._create_storage(upload)
             if request.announce is not None:
                 request.announce(upload)
             outcome = await self.pipeline.receive(lease, upload, body)
@@ -148,33 +157,38 @@ class UploadService:
         await self.records.forget(upload.id)
         await self.storage.delete(upload)
 
-    async def _create_storage(self, upload: Upload) -> None:
-        """The row exists; make room for the bytes, or remove the row again (nothing orphaned)."""
+    async def _create_storage(self, upload: Upload) -> Upload:
+        """Room for the bytes of a new upload (and the backend's state for its row), made before the
+        row: a crash in between leaves bytes no row names, which the sweeper reaps after the grace."""
+        return replace(upload, storage=await self.storage.create(upload))
+
+    async def _add_row(
+        self, upload: Upload, events: list[Step], owner: str | None = None, ttl: float = 0.0
+    ) -> None:
+        """The new upload's row; if it cannot be written, its bytes go again (nothing orphaned)."""
         try:
-            await self.storage.create(upload)
-        except Exception:
-            await self._forget(upload)
+            await self.records.add(upload, owner, ttl, events)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.storage.delete(upload)
             raise
 
     def _created(self, upload: Upload, http: RequestInfo | None) -> list[Step]:
         """Outbox rows of a new upload: post-create, and post-finish if it is complete at birth."""
         events = self.hooks.durable(EventType.POST_CREATE, upload, self.storage.describe(upload), http)
-        if upload.completed_at is not None:
+        if upload.completed_at is not None and not self.storage.unfinished(upload):
             events += self.hooks.durable(EventType.POST_FINISH, upload, self.storage.describe(upload), http)
         return events
 
     async def _add_empty(self, upload: Upload, http: RequestInfo | None) -> Upload:
         if upload.length == 0:  # nothing to wait for: complete at birth (CR-6)
             upload = await self._finished_at_birth(self.policy.advanced(upload, 0, upload.created_at), http)
-        await self.records.add(upload, events=self._created(upload, http))
-        await self._create_storage(upload)
+        upload = await self._create_storage(upload)
+        await self._add_row(upload, self._created(upload, http))
         log.info("upload_created upload_id=%s length=%s", upload.id, upload.length)
         metrics.uploads_created.inc()
         if upload.completed_at is not None:
-            await self.storage.finish(upload)
-            log.info("upload_finished upload_id=%s length=%s", upload.id, upload.length)
-            metrics.upload_finished(upload)
-            self.pipeline.activity.finished(upload)
+            upload = await self.pipeline.finish(upload, http)
         self.hooks.committed()
         return upload
 

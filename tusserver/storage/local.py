@@ -96,6 +96,9 @@ class LocalStorage:
     def close(self) -> None:
         self.pool.shutdown(wait=True)
 
+    async def aclose(self) -> None:
+        self.close()
+
     def path(self, upload: Upload) -> Path:
         if not is_upload_id(upload.id):  # defence in depth: handlers reject such IDs first
             raise ValueError(f"not an upload id: {upload.id!r}")
@@ -160,9 +163,16 @@ class LocalStorage:
                 os.close(fd)
             self._sync_directory()
 
-    async def finish(self, upload: Upload) -> None:
+    def committed(self, before: Upload, after: Upload) -> None:
+        return None  # a file holds every committed byte in place: nothing is superseded
+
+    async def finish(self, upload: Upload) -> Mapping[str, str]:
         if upload.length is not None:
             await self._run("finishing the upload", self._truncate, self.path(upload), upload.length)
+        return {}
+
+    def unfinished(self, upload: Upload) -> bool:
+        return False  # the file holds the bytes whether or not the truncation came
 
     def _truncate(self, path: Path, length: int) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)  # a zero-length upload may have no file
@@ -199,6 +209,10 @@ class LocalStorage:
                     if entry.stat().st_mtime < cutoff:
                         found.append(entry.name)
         return found
+
+    async def pending_before(self, cutoff: datetime, batch: int) -> AsyncIterator[list[str]]:
+        return  # a file is never left half-finished
+        yield []
 
     async def missing(self, upload_ids: Sequence[str]) -> set[str]:
         paths = [(name, self.directory / name) for name in upload_ids if is_upload_id(name)]
