@@ -310,8 +310,9 @@ class WritePipeline:
 
     def _finished(self, upload: Upload) -> None:
         log.info("upload_finished upload_id=%s length=%s", upload.id, upload.length)
-        metrics.upload_finished(upload)
-        self.activity.finished(upload)
+        if not upload.is_rejected:  # a refused upload is no success, for metrics and operators
+            metrics.upload_finished(upload)
+            self.activity.finished(upload)
 
     async def pre_finish(
         self, upload: Upload, request: RequestInfo | None
