@@ -44,6 +44,12 @@ class UploadNotFound(TusError):
         self.upload_id = upload_id
 
 
+class UploadIdTaken(TusError):
+    """A pre-create hook chose the ID of an upload that exists (409); nothing is created."""
+
+    status = 409
+
+
 class UploadRejected(TusError):
     """A pre-finish hook refused the complete upload: the finishing request, and every later one but
     DELETE, get the hook's status and message."""

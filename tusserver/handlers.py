@@ -150,14 +150,17 @@ async def patch(request: Request, upload_id: str) -> Response:
         body = _body(request)
         upload = await service.append(upload_id, offset, body, declared)
     except TusError as problem:
-        cause = metrics.failure_cause(problem)
-        metrics.patch_failures.labels(cause).inc()
-        service.pipeline.activity.failed(upload_id, cause)
+        count_patch_failure(request, upload_id, metrics.failure_cause(problem))
         raise
     if body.reader.disconnected:
-        metrics.patch_failures.labels("disconnect").inc()
-        service.pipeline.activity.failed(upload_id, "disconnect", upload)
+        count_patch_failure(request, upload_id, "disconnect", upload)
     return Response(status_code=204, headers=_progress_headers(upload))
+
+
+def count_patch_failure(request: Request, upload_id: str, cause: str, upload: Upload | None = None) -> None:
+    """A PATCH (tus or IETF) that did not store its whole body, for `/metrics` and the operator page."""
+    metrics.patch_failures.labels(cause).inc()
+    _service(request).pipeline.activity.failed(upload_id, cause, upload)
 
 
 async def download(request: Request, upload_id: str) -> Response:

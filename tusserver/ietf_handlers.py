@@ -16,9 +16,16 @@ from collections.abc import Awaitable, Callable
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tusserver import handlers
+from tusserver import handlers, metrics
 from tusserver.core import Upload, is_upload_id, utcnow
-from tusserver.errors import BadRequest, MethodNotAllowed, OffsetMismatch, TooLarge, UnsupportedMediaType
+from tusserver.errors import (
+    BadRequest,
+    MethodNotAllowed,
+    OffsetMismatch,
+    TooLarge,
+    TusError,
+    UnsupportedMediaType,
+)
 from tusserver.ietf import (
     ACCEPT_PATCH,
     CURRENT_INTEROP,
@@ -88,7 +95,15 @@ async def resource(request: Request) -> Response:
         return await handlers.resource(request)  # 404
     await handlers._pre_access(request, upload_id)
     handler = {"HEAD": head, "PATCH": append, "DELETE": cancel}[request.method]
-    return await _answering(request, interop, handler)
+    try:
+        response = await _answering(request, interop, handler)
+    except TusError as problem:
+        if request.method == "PATCH":
+            handlers.count_patch_failure(request, upload_id, metrics.failure_cause(problem))
+        raise
+    if request.method == "PATCH" and response.status_code >= 400:  # a draft problem document
+        handlers.count_patch_failure(request, upload_id, metrics.cause_of_status(response.status_code))
+    return response
 
 
 async def _answering(
@@ -142,7 +157,7 @@ async def create(request: Request, interop: Interop) -> Response:
     body = handlers._body(request) if has_body else None
     new = NewUpload(length=length, metadata=metadata, announce=announce if body is not None else None)
     upload = await handlers._service(request).create(new, body, handlers._for_hooks(request))
-    if complete and body is not None and upload.length is None and _read_whole(body):
+    if complete and body is not None and upload.length is None and _read_whole(body, upload, 0):
         upload = await _declare_end(request, upload)  # chunked: the length is known only now
     response_headers = {
         LOCATION: location or _location(request, upload.id),  # §4.2.2: the same as in the 104
@@ -204,7 +219,7 @@ async def append(request: Request, interop: Interop) -> Response:
         if stored is None:
             raise
         raise _mismatch(int(stored), offset) from None
-    if complete and _read_whole(body):
+    if complete and _read_whole(body, upload, offset):
         if upload.length is None:
             upload = await _declare_end(request, upload)
         elif upload.offset != upload.length:
@@ -228,9 +243,12 @@ async def _declare_end(request: Request, upload: Upload) -> Upload:
     return await handlers._service(request).append(upload.id, upload.offset, empty, upload.offset)
 
 
-def _read_whole(body: Body) -> bool:
-    """The body ended by itself: nothing cut it short (§4.4.2: an interrupted upload is not complete)."""
-    return body.reader.ended and not body.reader.disconnected
+def _read_whole(body: Body, upload: Upload, start: int) -> bool:
+    """The body ended by itself and every byte of it is committed: nothing cut it short, and no
+    storage or database failure was absorbed on the way (§4.4.2: an interrupted upload is not
+    complete)."""
+    reader = body.reader
+    return reader.ended and not reader.disconnected and upload.offset - start == reader.received
 
 
 def _mismatch(expected: int, provided: int) -> _Problem:

@@ -123,6 +123,11 @@ def failure_cause(problem: TusError) -> str:
     return _CAUSES.get(problem.status, "other")
 
 
+def cause_of_status(status: int) -> str:
+    """The `cause` label of a failed PATCH answered with `status` (an IETF problem document)."""
+    return _CAUSES.get(status, "other")
+
+
 def size_class(length: int) -> str:
     for limit, name in SIZE_CLASSES:
         if length < limit:

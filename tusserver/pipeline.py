@@ -76,6 +76,8 @@ class BodyReader:
         self._poked = False
         self.ended = False
         self.disconnected = False
+        self.received = 0
+        """Body bytes handed out so far."""
 
     def poke(self) -> None:
         """Wake a `next()` that waits for the client (stop, checkpoint); harmless otherwise."""
@@ -103,6 +105,7 @@ class BodyReader:
         if not message.get("more_body", False):
             self.ended = True
         chunk: bytes = message.get("body", b"")
+        self.received += len(chunk)
         return chunk
 
     async def queued(self) -> bytes:
@@ -292,8 +295,8 @@ class WritePipeline:
 
     async def _finish_under(self, lease: Lease, upload: Upload, request: RequestInfo | None) -> Upload:
         state = await self.storage.finish(upload)  # on failure the holder's context releases `lease`
-        self._finished(upload)
         if not state:
+            self._finished(upload)
             return upload
         done = replace(upload, storage={**upload.storage, **state})
         events = (
@@ -305,6 +308,7 @@ class WritePipeline:
         if recorded is None:
             return upload  # taken over meanwhile: still `unfinished`, finished again later
         lease.move(LeaseState.RELEASED)
+        self._finished(recorded)  # counted once: when the finish is recorded
         self.hooks.committed()
         return recorded
 

@@ -21,6 +21,7 @@ from tusserver.errors import (
     TooLarge,
     TusError,
     UploadGone,
+    UploadIdTaken,
     UploadLocked,
     UploadNotFound,
     UploadStopped,
@@ -130,9 +131,7 @@ class UploadService:
         upload = replace(upload, expires_at=self.policy.expires_at(upload, now))
         if body is not None:
             self.pipeline.check(upload, body)
-        upload = _changed(
-            upload, await self.hooks.before(EventType.PRE_CREATE, replace(upload, id=""), {}, http)
-        )
+        upload = await self._pre_create(upload, http)
         if body is None:
             return await self._add_empty(upload, http)
         upload = await self._create_storage(upload)
@@ -146,12 +145,25 @@ class UploadService:
                 request.announce(upload)
             outcome = await self.pipeline.receive(lease, upload, body)
         problem = outcome.problem
+        if isinstance(problem, UploadStopped):  # a post-receive hook stopped it: terminated, as a PATCH
+            await self._remove_stopped(upload.id)
+            raise problem
         if problem is not None and (problem.status in _REFUSED_BODY or outcome.upload.is_rejected):
             await self._forget(upload)  # the client's own mistake, or refused whole: create nothing (CU-7)
             raise problem
         if problem is not None:
             log.info("upload_body_incomplete upload_id=%s problem=%s", upload.id, problem.message)
         return outcome.upload
+
+    async def _pre_create(self, upload: Upload, http: RequestInfo | None) -> Upload:
+        """The pre-create hook sees the upload without an ID yet (as in tusd) and may refuse it, or
+        change its ID, metadata and owner. An ID it picks must be free: 409 before anything is stored
+        (storage is made before the row, and must never touch another upload's bytes)."""
+        answer = await self.hooks.before(EventType.PRE_CREATE, replace(upload, id=""), {}, http)
+        changed = _changed(upload, answer)
+        if changed.id != upload.id and await self.records.known_ids([changed.id]):
+            raise UploadIdTaken(f"the upload ID {changed.id} chosen by the pre-create hook is taken")
+        return changed
 
     async def _forget(self, upload: Upload) -> None:
         await self.records.forget(upload.id)
@@ -217,9 +229,7 @@ class UploadService:
             completed_at=now,
         )
         upload = replace(upload, expires_at=self.policy.expires_at(upload, now))
-        upload = _changed(
-            upload, await self.hooks.before(EventType.PRE_CREATE, replace(upload, id=""), {}, http)
-        )
+        upload = await self._pre_create(upload, http)
         await self.storage.concatenate(upload, parts)  # the row comes last: nothing half-assembled counts
         try:
             upload = await self._finished_at_birth(upload, http)

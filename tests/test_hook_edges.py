@@ -1,0 +1,102 @@
+"""Where hooks meet the write path's edges: an ID a pre-create hook picks that is taken, a
+post-receive stop during creation-with-upload, and an IETF creation whose last commit fails."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import AppClient
+from tests.helpers import BASE, patch
+from tusserver import HookAnswer, HookEvent, Settings, create_app
+from tusserver.errors import ServiceUnavailable
+from tusserver.records import UploadRecords
+
+pytestmark = pytest.mark.anyio
+FIXED_ID = "ab" * 16
+
+
+class FixedId:
+    """A pre-create hook that gives every upload the same ID (a hook bug the server must survive)."""
+
+    async def pre_create(self, event: HookEvent) -> HookAnswer:
+        return HookAnswer(new_id=FIXED_ID)
+
+
+class StopAtFirstProgress:
+    """post-receive answers StopUpload as soon as any byte is committed."""
+
+    async def post_receive(self, event: HookEvent) -> HookAnswer:
+        return HookAnswer(stop=bool(event.upload.offset), status=403, body="quota exceeded")
+
+
+def _app(settings: Settings, hooks: object) -> AppClient:
+    app = AppClient(settings)
+    app.app = create_app(settings, hooks=hooks)
+    return app
+
+
+async def test_a_taken_id_from_pre_create_is_refused_and_the_owner_of_it_keeps_its_bytes(
+    tmp_path: Path, database_url: str
+) -> None:
+    settings = Settings(data_dir=tmp_path / "data", database_url=database_url)
+    async with _app(settings, FixedId()) as client:
+        first = await client.post(BASE, headers={"Upload-Length": "8"})
+        assert first.status_code == 201
+        assert (await patch(client, f"{BASE}{FIXED_ID}", 0, b"precious")).status_code == 204
+        second = await client.post(BASE, headers={"Upload-Length": "3"})
+        assert second.status_code == 409
+        assert "taken" in second.text
+        assert (await client.get(f"{BASE}{FIXED_ID}")).content == b"precious"
+
+
+async def test_a_stop_during_creation_with_upload_terminates_the_upload(
+    tmp_path: Path, database_url: str
+) -> None:
+    settings = Settings(
+        data_dir=tmp_path / "data", database_url=database_url, commit_interval=0.1, progress_interval=0.05
+    )
+
+    async def trickle() -> AsyncIterator[bytes]:
+        for _ in range(40):  # 2 s at most: the stop comes after the first checkpoint
+            yield b"x" * 10
+            await asyncio.sleep(0.05)
+
+    async with _app(settings, StopAtFirstProgress()) as client:
+        headers = {"Upload-Length": "400", "Content-Type": "application/offset+octet-stream"}
+        stopped = await client.post(BASE, headers=headers, content=trickle())
+        assert (stopped.status_code, stopped.text.strip()) == (403, "quota exceeded")
+        assert "Location" not in stopped.headers
+    assert list((tmp_path / "data" / "uploads").iterdir()) == []
+
+
+async def test_an_ietf_creation_whose_commit_failed_is_not_declared_complete(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`Upload-Complete: ?1` with a chunked body: the length is fixed where the body ends only if
+    every byte of it was committed; a failed final commit leaves the upload incomplete (`?0`)."""
+    settings = Settings(data_dir=tmp_path / "data", database_url=database_url)
+    async with AppClient(settings) as client:
+        commit = UploadRecords.commit
+        failures = [ServiceUnavailable("database unavailable, retry later")]
+
+        async def failing_once(self: UploadRecords, *args: object, **kwargs: object) -> object:
+            if failures:
+                raise failures.pop()
+            return await commit(self, *args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(UploadRecords, "commit", failing_once)
+
+        async def chunked() -> AsyncIterator[bytes]:
+            yield b"hello "
+            yield b"world"
+
+        headers = {"Upload-Draft-Interop-Version": "8", "Upload-Complete": "?1"}
+        created = await client.post(BASE, headers=headers, content=chunked())
+        assert created.status_code == 201
+        assert (created.headers["Upload-Offset"], created.headers["Upload-Complete"]) == ("0", "?0")
+        head = await client.head(created.headers["Location"], headers={"Upload-Draft-Interop-Version": "8"})
+        assert (head.headers["Upload-Offset"], head.headers["Upload-Complete"]) == ("0", "?0")
