@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import os
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import asyncpg
 import httpx
+from sqlalchemy.engine import make_url
 
 from tusserver.protocol import OFFSET_OCTET_STREAM
 
@@ -81,3 +87,24 @@ def raw_patch_head(port: int, path: str, offset: int, length: int, *extra: str) 
         *extra,
     ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def upload_ids(database_url: str) -> set[str]:
+    """The IDs of every upload row in the database at `database_url` (SQLite or PostgreSQL), read
+    apart from the server: "created nothing" is a row count, since a new upload has no file until
+    its first byte. Callable from sync and async tests alike."""
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        with contextlib.closing(sqlite3.connect(str(url.database))) as connection:
+            return {row[0] for row in connection.execute("SELECT id FROM upload")}
+    with ThreadPoolExecutor(1) as thread:  # its own event loop, whether or not one runs here
+        return thread.submit(asyncio.run, _postgres_upload_ids(database_url)).result()
+
+
+async def _postgres_upload_ids(database_url: str) -> set[str]:
+    plain = make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    connection = await asyncpg.connect(plain)
+    try:
+        return {row["id"] for row in await connection.fetch("SELECT id FROM upload")}
+    finally:
+        await connection.close()

@@ -13,7 +13,7 @@ import pytest
 
 from tests import hook_recorder
 from tests.conftest import app_client
-from tests.helpers import BASE, create, patch, stored_bytes
+from tests.helpers import BASE, create, patch, stored_bytes, upload_ids
 from tusserver import Settings
 
 pytestmark = pytest.mark.anyio
@@ -101,10 +101,12 @@ async def test_unfinished_or_unknown_partials_create_nothing_x7_x8(
     done = await partial(client, b"done")
     unfinished = await partial(client, b"0123456789", finish=False)
     before = set((settings.data_dir / "uploads").iterdir())
+    rows_before = upload_ids(settings.resolved_database_url)
     assert (await final(client, f"final;{done} {unfinished}")).status_code == 400
     assert (await final(client, f"final;{done} {BASE}{'0' * 32}")).status_code in {400, 404}
     assert (await final(client, f"final;{done} {BASE}not-an-id")).status_code in {400, 404}
     assert set((settings.data_dir / "uploads").iterdir()) == before
+    assert upload_ids(settings.resolved_database_url) == rows_before
 
 
 async def test_final_must_name_partials_and_omit_length_x5_x10(client: httpx.AsyncClient) -> None:

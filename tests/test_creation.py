@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from tests.conftest import app_client
-from tests.helpers import BASE, create, offset_of, stored_bytes
+from tests.helpers import BASE, create, offset_of, stored_bytes, upload_ids
 from tusserver import Settings
 
 pytestmark = pytest.mark.anyio
@@ -50,9 +50,11 @@ async def test_each_post_gets_a_distinct_unguessable_id_cr10(client: httpx.Async
 async def test_bad_creation_headers_are_400_and_create_nothing_cr3_cr4_cr5_cr8_m4(
     client: httpx.AsyncClient, settings: Settings, headers: dict[str, str], needle: str
 ) -> None:
+    before = upload_ids(settings.resolved_database_url)
     response = await client.post(BASE, headers=headers)
     assert response.status_code == 400
     assert needle in response.text
+    assert upload_ids(settings.resolved_database_url) == before
     assert list((settings.data_dir / "uploads").iterdir()) == []
 
 
@@ -65,11 +67,13 @@ async def test_zero_length_upload_is_complete_at_once_cr6(client: httpx.AsyncCli
 async def test_length_above_maximum_is_413_and_creates_nothing_cr7(tmp_path: Path, database_url: str) -> None:
     settings = Settings(data_dir=tmp_path / "d", database_url=database_url, max_size=1024 * 1024)
     async with app_client(settings) as client:
+        before = upload_ids(database_url)
         response = await client.post(BASE, headers={"Upload-Length": str(2 * 1024 * 1024)})
         assert response.status_code == 413
         assert "maximum" in response.text
+        assert upload_ids(database_url) == before
         assert (await client.post(BASE, headers={"Upload-Length": str(1024 * 1024)})).status_code == 201
-    assert len(list((settings.data_dir / "uploads").iterdir())) == 1
+        assert len(upload_ids(database_url) - before) == 1
 
 
 async def test_content_type_of_a_bodiless_post_is_ignored_cr11(client: httpx.AsyncClient) -> None:
@@ -110,8 +114,10 @@ async def test_post_with_partial_body_cu4(client: httpx.AsyncClient) -> None:
 
 @pytest.mark.local_storage
 async def test_post_body_larger_than_length_is_413_cu5(client: httpx.AsyncClient, settings: Settings) -> None:
+    before = upload_ids(settings.resolved_database_url)
     response = await client.post(BASE, headers={"Upload-Length": "300", **OCTETS}, content=b"x" * 400)
     assert response.status_code == 413
+    assert upload_ids(settings.resolved_database_url) == before
     for stored in (settings.data_dir / "uploads").iterdir():
         assert stored.read_bytes() == b""
 
@@ -121,8 +127,10 @@ async def test_post_body_with_wrong_content_type_is_415_cu2(
     client: httpx.AsyncClient, settings: Settings
 ) -> None:
     headers = {"Upload-Length": "12", "Content-Type": "text/plain"}
+    before = upload_ids(settings.resolved_database_url)
     response = await client.post(BASE, headers=headers, content=b"Hello, tus!\n")
     assert response.status_code == 415
+    assert upload_ids(settings.resolved_database_url) == before
     assert list((settings.data_dir / "uploads").iterdir()) == []
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import AppClient
-from tests.helpers import BASE, patch
+from tests.helpers import BASE, patch, upload_ids
 from tusserver import HookAnswer, HookEvent, Settings, create_app
 from tusserver.errors import ServiceUnavailable
 from tusserver.records import UploadRecords
@@ -67,8 +67,10 @@ async def test_a_stop_during_creation_with_upload_terminates_the_upload(
 
     async with _app(settings, StopAtFirstProgress()) as client:
         headers = {"Upload-Length": "400", "Content-Type": "application/offset+octet-stream"}
+        before = upload_ids(database_url)
         stopped = await client.post(BASE, headers=headers, content=trickle())
         assert (stopped.status_code, stopped.text.strip()) == (403, "quota exceeded")
+        assert upload_ids(database_url) == before
         assert "Location" not in stopped.headers
     assert list((tmp_path / "data" / "uploads").iterdir()) == []
 

@@ -93,6 +93,11 @@ def test_two_sweepers_reap_orphans_under_traffic_and_spare_everything_in_use(
         for url in lost_rows:
             (uploads / url.rsplit("/", 1)[1]).unlink()
             age_row(database_url, url.rsplit("/", 1)[1], LONG_AGO)
+        # An old upload that never got a byte has no file (one is made by the first write): it is
+        # not a row whose bytes are lost.
+        idle = httpx.post(first.url, headers={**TUS, "Upload-Length": "5"}).headers["Location"]
+        assert not (uploads / idle.rsplit("/", 1)[1]).exists()
+        age_row(database_url, idle.rsplit("/", 1)[1], LONG_AGO)
 
         traffic = Traffic([first.url, second.url])
         traffic.start()
@@ -121,6 +126,10 @@ def test_two_sweepers_reap_orphans_under_traffic_and_spare_everything_in_use(
             assert head.status_code == 200, url
             assert head.headers["Upload-Offset"] == str(offset), url
             assert (uploads / url.rsplit("/", 1)[1]).exists()
+        assert httpx.head(idle, headers=TUS).headers["Upload-Offset"] == "0"  # survived every scan
+        written = httpx.patch(idle, content=b"hello", headers={**OCTETS, "Upload-Offset": "0"})
+        assert written.status_code == 204
+        assert httpx.get(idle).content == b"hello"
     finally:
         first.stop()
         second.stop()

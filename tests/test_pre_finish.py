@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import AppClient
-from tests.helpers import BASE, create, patch
+from tests.helpers import BASE, create, patch, upload_ids
 from tests.hook_receiver import HookReceiver
 from tests.servers import ServerProcess
 from tusserver import HookEvent, HookRejected, Settings, create_app
@@ -110,6 +110,7 @@ def test_a_refused_upload_stays_complete_but_rejected(
 
         # creation-with-upload refused whole: answered with the hook's status, nothing created
         before = set((server.data_dir / "uploads").iterdir())
+        rows_before = upload_ids(database_url)
         whole = httpx.post(
             server.url,
             content=bad_data,
@@ -118,6 +119,7 @@ def test_a_refused_upload_stays_complete_but_rejected(
         assert (whole.status_code, whole.text.strip()) == (422, "infected: EICAR")
         assert "Location" not in whole.headers
         assert set((server.data_dir / "uploads").iterdir()) == before
+        assert upload_ids(database_url) == rows_before
     finally:
         server.stop()
 

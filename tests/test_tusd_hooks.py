@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from tests.conftest import new_postgres_database
+from tests.helpers import upload_ids
 from tests.hook_receiver import HookReceiver
 from tests.servers import REPO_ROOT, ServerProcess
 from tusserver.tusd_hooks import signature
@@ -96,8 +97,10 @@ def test_a_tusd_receiver_works_unchanged(tmp_path: Path, database_url: str, rece
     server.start()
     try:
         # pre-create refuses by metadata, with the hook's status, body and headers; nothing is created
+        before = upload_ids(database_url)
         refused = httpx.post(server.url, headers={**TUS, **AUTH, "Upload-Length": "5"})
         assert refused.status_code == 422
+        assert upload_ids(database_url) == before
         assert refused.text.strip() == "a filename is required"
         assert refused.headers["X-From-Pre-Create"] == "hello"
         assert list((server.data_dir / "uploads").iterdir()) == []
@@ -114,7 +117,7 @@ def test_a_tusd_receiver_works_unchanged(tmp_path: Path, database_url: str, rece
         denied = httpx.patch(other_url, content=b"12345", headers={**OCTETS, "Upload-Offset": "0"})
         assert denied.status_code == 403
         assert denied.text.strip() == "bad token"
-        assert (server.data_dir / "uploads" / other_url.rsplit("/", 1)[1]).stat().st_size == 0
+        assert not (server.data_dir / "uploads" / other_url.rsplit("/", 1)[1]).exists()  # no byte: no file
         assert httpx.head(other_url, headers={**TUS, **AUTH}).headers["Upload-Offset"] == "0"
         assert httpx.get(url).status_code == 403  # downloads are checked too
         assert httpx.delete(url, headers=TUS).status_code == 403
@@ -390,7 +393,9 @@ def test_an_unreachable_blocking_hook_answers_503(tmp_path: Path, database_url: 
     server = ServerProcess(tmp_path / "data", database_url, extra_args=["--hooks-http", receiver.url])
     server.start()
     try:
+        before = upload_ids(database_url)
         answer = httpx.post(server.url, headers={**TUS, "Upload-Length": "5"})
+        assert upload_ids(database_url) == before
     finally:
         server.stop()
         receiver.close()

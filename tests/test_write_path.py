@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import AppClient
-from tests.helpers import BASE, create, offset_of, patch
+from tests.helpers import BASE, create, offset_of, patch, upload_ids
 from tests.servers import REPO_ROOT, ServerProcess
 from tusserver import Settings
 from tusserver.allocator import MALLOC_ENV, tune_malloc
@@ -83,8 +83,10 @@ async def test_creation_with_a_bad_checksum_creates_nothing_cu7(
     client: httpx.AsyncClient, settings: Settings
 ) -> None:
     headers = {**OCTETS, "Upload-Length": "5", "Upload-Checksum": "sha1 " + "A" * 27 + "="}
+    before = upload_ids(settings.resolved_database_url)
     refused = await client.post(BASE, headers=headers, content=b"hello")
     assert refused.status_code == 460
+    assert upload_ids(settings.resolved_database_url) == before
     assert "Location" not in refused.headers
     assert list(settings.uploads_dir.iterdir()) == []
 

@@ -99,7 +99,7 @@ _FORGET = sa.delete(upload_table).where(_ID)
 _KNOWN = sa.select(_t.id).where(_t.id.in_(_p("upload_ids", expanding=True)))
 _CREATED_BEFORE = (
     sa.select(_t.id)
-    .where(_t.id > _p("after"), _t.created_at < _p("cutoff", type_=_t.created_at.type))
+    .where(_t.id > _p("after"), _t.created_at < _p("cutoff", type_=_t.created_at.type), _t.offset > 0)
     .order_by(_t.id)
     .limit(_p("limit", type_=sa.Integer))
 )
@@ -285,8 +285,9 @@ class UploadRecords:
         rows = await self._rows(_KNOWN, upload_ids=list(upload_ids))
         return {row.id for row in rows}
 
-    async def ids_created_before(self, cutoff: datetime, after: str, limit: int) -> list[str]:
-        """IDs above `after` (in ID order) of uploads created before `cutoff`: a page of a full scan."""
+    async def ids_with_bytes_created_before(self, cutoff: datetime, after: str, limit: int) -> list[str]:
+        """IDs above `after` (in ID order) of uploads created before `cutoff` that have committed
+        bytes (whose storage must exist): a page of a full scan."""
         rows = await self._rows(_CREATED_BEFORE, cutoff=cutoff, after=after, limit=limit)
         return [row.id for row in rows]
 

@@ -7,8 +7,10 @@ Safe with any number of sweepers at once (several instances, a cron job beside t
 traffic: an upload is deleted only by whoever takes its lease, so two sweepers never delete the same
 upload twice, and an upload a request is working on (its lease held) is skipped until a later sweep.
 Bytes go before the row, so a crash in between leaves a row without bytes, which the next sweep
-reaps. Orphans are only considered once they are older than `orphan_grace`: a request may be creating
-the row of new bytes, or assembling a final upload whose row comes last, right now. Rows are never
+reaps. A row is "without bytes" only if it has committed some: an upload at offset 0 may have no
+storage yet (a local file is made by its first write) and leaves by expiry or DELETE. Orphans are
+only considered once they are older than `orphan_grace`: a request may be creating the row of new
+bytes, or assembling a final upload whose row comes last, right now. Rows are never
 reaped en masse: a page where most uploads have no bytes means a wrong or unmounted data directory.
 Requests do not wait for the sweeper: an expired upload already answers 410 (`UploadService.get`).
 """
@@ -100,7 +102,7 @@ class Sweeper:
                     reaped += 1
         reaped += await self._finish_interrupted(cutoff)
         after = ""
-        while page := await self._records.ids_created_before(cutoff, after, self._batch):
+        while page := await self._records.ids_with_bytes_created_before(cutoff, after, self._batch):
             lost = sorted(await self._storage.missing(page))
             if len(lost) > max(SUSPICIOUS_LOSS, len(page) // 2):
                 log.error(

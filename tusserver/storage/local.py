@@ -1,7 +1,8 @@
 """Upload bytes as files in one local directory.
 
-Layout: `<directory>/<upload_id>`, one file per upload, created empty at creation and truncated to
-`Upload-Length` when complete. Files are written at the committed offset; anything beyond it is debris
+Layout: `<directory>/<upload_id>`, one file per upload, made by the first byte written (a new upload
+without a byte has no file, so a POST costs no storage call) and truncated to `Upload-Length` when
+complete. Files are written at the committed offset; anything beyond it is debris
 from an aborted request and is overwritten by the next write. Upload IDs are checked against the ID
 pattern before any path is built, so no request can name a file outside the directory.
 
@@ -48,9 +49,9 @@ _IOV_MAX = 1024
 _FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _RESERVE = re.compile(r"(?P<number>[0-9]+(?:\.[0-9]+)?)\s*%")
 DEFAULT_RESERVE = "auto"
+"""1 % of the file system, at least 64 MiB."""
 ROOM_FRESHNESS = 0.5
 """Seconds a free-space reading serves the up-front check of new uploads (writes check every block)."""
-"""1 % of the file system, at least 64 MiB."""
 
 
 def reserve_bytes(spec: str, total: int) -> int:
@@ -127,15 +128,12 @@ class LocalStorage:
             raise storage_error(exc, what) from exc
 
     async def create(self, upload: Upload) -> Mapping[str, str]:
-        await self._run("creating the upload", self._create_file, self.path(upload))
+        """Nothing to do: the file is made by the first block written at offset 0 (or by `finish`
+        or `concatenate`). A POST costs no storage call (no thread round trip, no empty file), and a
+        row at offset 0 without a file is a valid upload that holds no byte yet."""
         return {}
 
-    def _create_file(self, path: Path) -> None:
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
-        if self.fsync:
-            self._sync_directory()
-
-    def _sync_directory(self) -> None:
+    def sync_directory(self) -> None:
         fd = os.open(self.directory, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -161,7 +159,7 @@ class LocalStorage:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            self._sync_directory()
+            self.sync_directory()
 
     def committed(self, before: Upload, after: Upload) -> None:
         return None  # a file holds every committed byte in place: nothing is superseded
@@ -185,6 +183,8 @@ class LocalStorage:
 
     async def read(self, upload: Upload, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         stop = upload.offset if end is None else min(end, upload.offset)
+        if upload.offset == 0:  # no byte yet: there may be no file either
+            return _nothing()
         try:  # opened now: the open file stays readable whatever a DELETE does meanwhile
             file = await aiofiles.open(self.path(upload), "rb")
         except OSError as exc:
@@ -243,7 +243,10 @@ class LocalWriter:
         # Never O_TRUNC: ext4 flushes a file truncated to zero and rewritten when it is closed
         # (auto_da_alloc), which cost a third of a 1 GiB PATCH; debris beyond the offset is harmless.
         # At offset 0 a file that went missing holds nothing yet and is made again; beyond, it is lost.
+        # At offset 0 the file is made here (`LocalStorage.create` makes none); with fsync its
+        # directory entry is synced with the first block.
         self._open_flags = os.O_WRONLY | (os.O_CREAT if upload.offset == 0 else 0)
+        self._sync_new_entry = storage.fsync and upload.offset == 0
         self._fd = -1
         self._pending: list[bytes] = []
         self._pending_size = 0
@@ -317,6 +320,9 @@ class LocalWriter:
         """In a storage thread: open on first use, check the reserve, hash, write, sync, close."""
         if self._fd < 0:
             self._fd = os.open(self._path, self._open_flags, 0o644)
+            if self._sync_new_entry:
+                self._storage.sync_directory()
+                self._sync_new_entry = False
         if size:
             if self._storage.free_bytes() < size:
                 raise OSError(errno.ENOSPC, "the free space reserve is reached")
@@ -346,6 +352,11 @@ class LocalWriter:
                 views.pop(0)
             if written:
                 views[0] = views[0][written:]
+
+
+async def _nothing() -> AsyncIterator[bytes]:
+    return
+    yield b""
 
 
 def _absent(paths: Sequence[tuple[str, Path]]) -> set[str]:
