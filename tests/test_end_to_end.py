@@ -102,7 +102,7 @@ def test_upload_survives_the_server_being_killed_and_restarted(server: ServerPro
     deadline = time.monotonic() + 60
     on_disk = stored_file(server.data_dir, url_of(upload))
     # Watch the file, not HEAD: a HEAD would ask the streaming PATCH to stop (takeover).
-    while on_disk.stat().st_size < 20 * MiB and time.monotonic() < deadline:
+    while (not on_disk.exists() or on_disk.stat().st_size < 20 * MiB) and time.monotonic() < deadline:
         time.sleep(0.01)
     server.kill()  # mid-upload: the second PATCH is streaming
     thread.join(timeout=60)

@@ -2,8 +2,9 @@
 
 The lifespan starts what `runtime.running` assembles (engine and migrations, storage, locks, hooks,
 the upload service) plus the expiry sweeper, and tears them down; `CorsMiddleware` and
-`TusMiddleware` apply the rules that hold for every request; `TusError` becomes a short `text/plain`
-response here and nowhere else, and `FailsafeMiddleware` answers 500 for anything unexpected.
+`TusMiddleware` apply the rules that hold for every request; `TusEndpoint` routes the upload requests
+(and turns a `TusError` into its short `text/plain` answer), and `FailsafeMiddleware` answers 500 for
+anything unexpected.
 `app_from_env` is the factory uvicorn workers load.
 """
 
@@ -17,28 +18,25 @@ from contextlib import asynccontextmanager
 from types import FrameType
 
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.responses import Response
 
-from tusserver import demo, ietf_handlers, logs, metrics, ops
+from tusserver import demo, logs, metrics, ops
 from tusserver.access import AccessMiddleware
 from tusserver.admin import AdminPage
 from tusserver.allocator import tune_malloc
 from tusserver.config import Settings
 from tusserver.cors import CorsMiddleware
+from tusserver.endpoint import TusEndpoint, error_response
 from tusserver.errors import TusError
 from tusserver.failsafe import FailsafeMiddleware
 from tusserver.health import Readiness
-from tusserver.middleware import TusMiddleware
+from tusserver.middleware import ASGIApp, Receive, Scope, Send, TusMiddleware
 from tusserver.observed import Observer
 from tusserver.runtime import build_hooks, running
 from tusserver.storage import check_storage
 
 log = logging.getLogger(__name__)
-# Routes take every common method so that the handlers answer 405 with the right `Allow` (CR-14).
-_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
 def app_from_env() -> Starlette:
@@ -63,15 +61,10 @@ def create_app(
     admin = AdminPage(settings, settings.admin_token) if settings.admin_token else None
     exempt = [*ops_paths, settings.admin_path] if admin else ops_paths
     routes = [
+        *(demo.routes(settings) if settings.demo else []),
         *ops.routes(settings),
         *(admin.routes() if admin else []),
-        Route(base, ietf_handlers.collection, methods=_METHODS),
-        Route(base + "{upload_id}", ietf_handlers.resource, methods=_METHODS),
-    ]
-    if base != "/":
-        routes.insert(0, Route(base.rstrip("/"), ietf_handlers.collection, methods=_METHODS))
-    if settings.demo:
-        routes[:0] = demo.routes(settings)  # first: with base path `/`, `/demo/` is not an upload
+    ]  # the tus endpoint is `TusEndpoint`'s; these win where a path is theirs too (`/demo/`, ...)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -96,23 +89,51 @@ def create_app(
                         await asyncio.gather(task, return_exceptions=True)
                 metrics.process_ended()
 
-    middleware = [
-        Middleware(AccessMiddleware, quiet_paths=ops_paths),
-        Middleware(
-            CorsMiddleware, origins=settings.cors_origins, allow_credentials=settings.cors_allow_credentials
-        ),
-        Middleware(TusMiddleware, exempt_paths=exempt),
-        Middleware(FailsafeMiddleware),  # innermost: its 500 still gets the headers added above
-    ]
-    app = Starlette(
+    app = Application(
         routes=routes,
-        middleware=middleware,
         exception_handlers={TusError: tus_error_response},
         lifespan=lifespan,
     )
-    app.router.redirect_slashes = False  # /files and /files/ are both routes (CR-13)
+    app.router.redirect_slashes = False  # /files and /files/ are both the collection (CR-13)
     app.state.settings = settings
+    endpoint = TusEndpoint(base, routes)
+    routed = app.route_to(endpoint)
+    failsafe = FailsafeMiddleware(routed)  # innermost: its 500 still gets the headers added below
+    tus_rules = TusMiddleware(failsafe, exempt_paths=exempt)
+    cors = CorsMiddleware(
+        tus_rules, origins=settings.cors_origins, allow_credentials=settings.cors_allow_credentials
+    )
+    app.front = AccessMiddleware(cors, quiet_paths=ops_paths)
     return app
+
+
+class Application(Starlette):
+    """Starlette for the lifespan and the routes beside the endpoint (probes, metrics, operator
+    page, demo); every HTTP request first passes `front`, the middleware stack of this server
+    (access log and metrics, CORS, tus rules, last-resort 500), and then goes to `TusEndpoint` or,
+    if its path is not the endpoint's, to Starlette's router."""
+
+    front: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.front is None:
+            await super().__call__(scope, receive, send)
+            return
+        scope["app"] = self
+        await self.front(scope, receive, send)
+
+    def route_to(self, endpoint: TusEndpoint) -> ASGIApp:
+        """The innermost app: the tus endpoint for its paths, Starlette's own stack for the rest."""
+        rest = super().__call__
+
+        async def routed(scope: Scope, receive: Receive, send: Send) -> None:
+            handler = endpoint.handler_for(scope)
+            if handler is None:
+                await rest(scope, receive, send)
+            else:
+                await endpoint.serve(handler, scope, receive, send)
+
+        return routed
 
 
 def _stop_uploads_on_signals(stop_all: Callable[[], None]) -> None:
@@ -132,6 +153,6 @@ def _stop_uploads_on_signals(stop_all: Callable[[], None]) -> None:
 
 
 async def tus_error_response(request: Request, exc: Exception) -> Response:
+    """A `TusError` raised on one of Starlette's routes (the operator page's)."""
     assert isinstance(exc, TusError)
-    body = "" if request.method == "HEAD" else exc.message + "\n"
-    return PlainTextResponse(body, status_code=exc.status, headers=exc.headers)
+    return error_response(request.method, exc)

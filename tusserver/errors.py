@@ -78,6 +78,18 @@ class MethodNotAllowed(TusError):
 
     status = 405
 
+    @classmethod
+    def refusing(cls, method: str, allow: str) -> MethodNotAllowed:
+        """The 405 for `method`, named in the body only if it is a standard one (a client's
+        invented method is not echoed back)."""
+        named = method if method in _STANDARD_METHODS else "this method"
+        return cls(f"{named} not allowed here", {"Allow": allow})
+
+
+_STANDARD_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"}
+)
+
 
 class OffsetMismatch(TusError):
     """`Upload-Offset` differs from the upload's current offset (409)."""

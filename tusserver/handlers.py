@@ -78,7 +78,7 @@ async def collection(request: Request) -> Response:
     if request.method == "POST":
         await _pre_access(request, "")
         return await create(request)
-    raise MethodNotAllowed(f"{request.method} not allowed here", {"Allow": COLLECTION_METHODS})
+    raise MethodNotAllowed.refusing(request.method, COLLECTION_METHODS)
 
 
 async def resource(request: Request) -> Response:
@@ -101,7 +101,7 @@ async def resource(request: Request) -> Response:
     if request.method == "OPTIONS":
         return options(request)
     allowed = UPLOAD_METHODS.replace(" GET,", "") if _settings(request).disable_download else UPLOAD_METHODS
-    raise MethodNotAllowed(f"{request.method} not allowed here", {"Allow": allowed})
+    raise MethodNotAllowed.refusing(request.method, allowed)
 
 
 def options(request: Request) -> Response:

@@ -80,7 +80,7 @@ async def collection(request: Request) -> Response:
     if request.method == "OPTIONS":
         return _respond(interop, 200, {ACCEPT_PATCH: PARTIAL_UPLOAD, **_limit(request, interop, None)})
     if request.method != "POST":
-        raise MethodNotAllowed(f"{request.method} not allowed here", {"Allow": "OPTIONS, POST"})
+        raise MethodNotAllowed.refusing(request.method, "OPTIONS, POST")
     await handlers._pre_access(request, "")
     return await _answering(request, interop, create)
 
