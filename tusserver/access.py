@@ -59,11 +59,7 @@ class AccessMiddleware:
     def _record(self, context: RequestContext, status: int, seconds: float) -> None:
         method = context.method if context.method in _METHODS else "OTHER"
         answered = str(status) if status else "none"  # "none": the client left before any answer
-        metrics.requests.labels(method, answered).inc()
-        if method == "PATCH":
-            metrics.patch_duration.observe(seconds)
-        else:
-            metrics.request_duration.labels(method).observe(seconds)
+        metrics.request_answered(method, answered, seconds)
         level = logging.DEBUG if context.path in self.quiet_paths else logging.INFO
         if log.isEnabledFor(level):
             log.log(

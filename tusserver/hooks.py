@@ -236,6 +236,10 @@ class Hooks:
     def attach(self, dispatcher: Dispatcher) -> None:
         self._dispatcher = dispatcher
 
+    def blocks(self, kind: EventType) -> bool:
+        """Whether a blocking hook listens for `kind` (`before` would ask it)."""
+        return any(kind in events for _, events in self._blocking)
+
     def wants(self, kind: EventType) -> bool:
         return any(kind in route.events for route in self.routes.values()) or any(
             kind in events for _, events in self._blocking

@@ -11,6 +11,7 @@ space) is not here but in `observed.py`, computed at scrape time from a cache.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable
 
@@ -113,6 +114,25 @@ _CAUSES: dict[int, str] = {
     410: "gone", 413: "too_large", 415: "bad_request", 423: "locked", 460: "checksum",
     503: "unavailable", 507: "storage_full",
 }  # fmt: skip
+
+
+def request_answered(method: str, status: str, seconds: float) -> None:
+    """Count one answered request (`method` one of a fixed set, `status` its code or "none")."""
+    _requests_of(method, status).inc()
+    if method == "PATCH":
+        patch_duration.observe(seconds)
+    else:
+        _duration_of(method).observe(seconds)
+
+
+@functools.lru_cache(maxsize=1024)
+def _requests_of(method: str, status: str) -> Counter:
+    return requests.labels(method, status)  # labels() costs more than the increment: looked up once
+
+
+@functools.lru_cache(maxsize=64)
+def _duration_of(method: str) -> Histogram:
+    return request_duration.labels(method)
 
 
 def failure_cause(problem: TusError) -> str:

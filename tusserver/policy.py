@@ -30,16 +30,27 @@ class Policy:
     """Keep partial uploads once a final upload has assembled them (default: delete them)."""
 
     def expires_at(self, upload: Upload, now: datetime) -> datetime | None:
-        lifetime = self.retain_finished if upload.completed_at else self.expire_after
+        return self.lifetime_end(upload.completed_at is not None, now)
+
+    def lifetime_end(self, complete: bool, now: datetime) -> datetime | None:
+        """When an upload (complete or not) last touched at `now` expires; None: never."""
+        lifetime = self.retain_finished if complete else self.expire_after
         return None if lifetime is None else now + lifetime
 
     def advanced(self, upload: Upload, written: int, now: datetime) -> Upload:
         """`upload` after `written` more bytes were stored at `now`: offset, completion (once) and
         the sliding expiry (E-6)."""
-        moved = replace(upload, offset=upload.offset + written, updated_at=now)
-        if moved.is_complete and moved.completed_at is None:
-            moved = replace(moved, completed_at=now)
-        return replace(moved, expires_at=self.expires_at(moved, now))
+        offset = upload.offset + written
+        completed_at = upload.completed_at
+        if completed_at is None and offset == upload.length:
+            completed_at = now
+        return replace(
+            upload,
+            offset=offset,
+            updated_at=now,
+            completed_at=completed_at,
+            expires_at=self.lifetime_end(completed_at is not None, now),
+        )
 
     def room(self, upload: Upload) -> int | None:
         """How many more bytes `upload` may take (None: no limit)."""

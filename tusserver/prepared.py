@@ -34,6 +34,9 @@ class Row(dict[str, Any]):
         return self
 
 
+_REQUIRED: Any = object()
+
+
 @dataclass(frozen=True)
 class Plan:
     """One statement compiled for one dialect, ready for its driver."""
@@ -41,18 +44,22 @@ class Plan:
     sql: str
     names: tuple[str, ...]
     """Bound parameter names in the order the driver takes positional arguments."""
-    compiled: sa.engine.Compiled
-    bind: dict[str, Processor]
+    slots: tuple[tuple[str, Any, Processor | None], ...]
+    """Per positional argument: the key it takes from the caller's parameters, its value when the
+    caller gives none (a literal of the statement, or `_REQUIRED`), and its type's bind processor.
+    SQLAlchemy's `construct_params` computes the same per call, at several times the cost."""
     result: dict[str, Processor]
     returns_rows: bool
 
     def arguments(self, params: Mapping[str, Any]) -> list[Any]:
         """The driver's positional arguments for `params` (defaults and processors applied)."""
-        values = self.compiled.construct_params(dict(params)) or {}
-        bind = self.bind
-        return [
-            processor(values[name]) if (processor := bind.get(name)) else values[name] for name in self.names
-        ]
+        arguments = []
+        for key, default, processor in self.slots:
+            value = params.get(key, default)
+            if value is _REQUIRED:
+                raise KeyError(f"no value for the bound parameter {key!r}")
+            arguments.append(value if processor is None else processor(value))
+        return arguments
 
     def row(self, items: Iterable[tuple[str, Any]]) -> Row:
         """A result row from the driver's (name, value) pairs, through the result processors."""
@@ -65,11 +72,14 @@ class Plan:
 def plan(statement: sa.Executable, dialect: Dialect) -> Plan:
     compiled = statement.compile(dialect=dialect)  # type: ignore[attr-defined]
     names = tuple(compiled.positiontup or ())
-    bind = {}
+    slots = []
     for name in names:
-        processor = compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
-        if processor is not None:
-            bind[name] = processor
+        parameter = compiled.binds[name]
+        if parameter.callable is not None:
+            raise ValueError(f"{name}: a bound parameter with a callable default cannot be planned")
+        processor = parameter.type.dialect_impl(dialect).bind_processor(dialect)
+        default = _REQUIRED if parameter.required else parameter.effective_value
+        slots.append((parameter.key, default, processor))
     if isinstance(statement, sa.Select):
         described, returns_rows = statement.column_descriptions, True
     else:
@@ -80,4 +90,4 @@ def plan(statement: sa.Executable, dialect: Dialect) -> Plan:
         processor = column["type"].dialect_impl(dialect).result_processor(dialect, None)
         if processor is not None:
             result[column["name"]] = processor
-    return Plan(compiled.string, names, compiled, bind, result, returns_rows)
+    return Plan(compiled.string, names, tuple(slots), result, returns_rows)

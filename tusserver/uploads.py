@@ -127,8 +127,8 @@ class UploadService:
             concat=request.concat.header if request.concat else None,
             created_at=now,
             updated_at=now,
+            expires_at=self.policy.lifetime_end(False, now),
         )
-        upload = replace(upload, expires_at=self.policy.expires_at(upload, now))
         if body is not None:
             self.pipeline.check(upload, body)
         upload = await self._pre_create(upload, http)
@@ -159,6 +159,8 @@ class UploadService:
         """The pre-create hook sees the upload without an ID yet (as in tusd) and may refuse it, or
         change its ID, metadata and owner. An ID it picks must be free: 409 before anything is stored
         (storage is made before the row, and must never touch another upload's bytes)."""
+        if not self.hooks.blocks(EventType.PRE_CREATE):
+            return upload
         answer = await self.hooks.before(EventType.PRE_CREATE, replace(upload, id=""), {}, http)
         changed = _changed(upload, answer)
         if changed.id != upload.id and await self.records.known_ids([changed.id]):
@@ -172,7 +174,8 @@ class UploadService:
     async def _create_storage(self, upload: Upload) -> Upload:
         """Room for the bytes of a new upload (and the backend's state for its row), made before the
         row: a crash in between leaves bytes no row names, which the sweeper reaps after the grace."""
-        return replace(upload, storage=await self.storage.create(upload))
+        state = await self.storage.create(upload)
+        return upload if state == upload.storage else replace(upload, storage=state)
 
     async def _add_row(
         self, upload: Upload, events: list[Step], owner: str | None = None, ttl: float = 0.0
