@@ -7,6 +7,8 @@ offset (`commit`); reads are of finished uploads, as the server only serves thos
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from datetime import timedelta
@@ -16,7 +18,7 @@ import pytest
 
 from tusserver.core import Storage, Upload, WriteResult, new_upload_id, utcnow
 from tusserver.errors import UploadDataLost
-from tusserver.storage import LocalStorage
+from tusserver.storage import LocalStorage, local
 from tusserver.storage.s3 import S3Storage
 from tusserver.storage.s3_client import MiB, S3Client, S3Location
 
@@ -32,7 +34,9 @@ def s3_storage(root: Path, request: pytest.FixtureRequest) -> Storage:
 
 BACKENDS: dict[str, Callable[[Path, pytest.FixtureRequest], Storage]] = {
     "local": lambda root, _: LocalStorage(root / "uploads", min_free_space="0"),
-    # with fsync every block goes through the storage threads: the other half of the local writer
+    # blocks written by the storage threads (as after a slow block, or with a checksum): the other
+    # half of the local writer
+    "local-threaded": lambda root, _: LocalStorage(root / "uploads", min_free_space="0", inline_writes=False),
     "local-fsync": lambda root, _: LocalStorage(root / "uploads", fsync=True, min_free_space="0"),
     "s3": s3_storage,
 }
@@ -242,3 +246,22 @@ async def test_concatenation_of_large_and_small_partials(storage: Storage) -> No
 async def test_room_is_known_or_unlimited(storage: Storage) -> None:
     room = await storage.room()
     assert room is None or room > 0
+
+
+async def test_a_slow_inline_block_sends_the_next_ones_to_the_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The event loop is held for at most one slow block: after it, blocks go to the threads."""
+    storage = LocalStorage(tmp_path / "uploads", min_free_space="0")
+    try:
+        assert storage.writes_inline()
+        monkeypatch.setattr(local, "INLINE_STALL", 0.0)  # every block is "slow"
+        caplog.set_level(logging.INFO, logger=local.__name__)
+        upload = await created(storage, 3 * local.BLOCK_SIZE)
+        data = os.urandom(3 * local.BLOCK_SIZE)
+        upload = await write(storage, upload, data[: local.BLOCK_SIZE], data[local.BLOCK_SIZE :])
+        assert not storage.writes_inline()
+        assert "storage_writes_threaded" in caplog.text
+        assert await finished(storage, upload) == data
+    finally:
+        await storage.aclose()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import itertools
 import logging
 import os
 import secrets
@@ -45,7 +46,7 @@ RENEW_EVERY = 1.0
 
 def instance_name() -> str:
     """Identifies this process in lock owners: host, PID and a random tag."""
-    return f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(3)}"
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(8)}"
 
 
 class LeaseState(enum.Enum):
@@ -144,10 +145,12 @@ class UploadLocks:
         self.ttl = ttl
         self._wait_timeout = wait_timeout
         self._local: dict[str, Lease] = {}
+        self._serials = itertools.count(1)
         self.shutting_down = False
 
     def new_owner(self) -> str:
-        return f"{self._instance}:{secrets.token_hex(4)}"
+        """A lease holder's name, unique to this process (whose name is unique to this start)."""
+        return f"{self._instance}:{next(self._serials)}"
 
     def new_lease(self, upload: Upload) -> Lease:
         """A lease for an upload this request inserted already leased (creation-with-upload)."""
