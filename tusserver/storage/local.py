@@ -13,8 +13,8 @@ more, and on a 2-core machine the extra thread competes with everything else: in
 quarter more throughput with 8 MiB PATCHes). Once a block takes longer than `INLINE_STALL` (dirty-page
 throttling, a slow disk), blocks go to a bounded pool of storage threads for `THREADED_FOR` seconds,
 while the loop already receives the next block (double buffering: one block in flight per request),
-so the loop is never held for more than one slow block. Blocks that are hashed (a checksum) or
-fsynced always go to the threads (hashlib releases the GIL). The file is opened by the first block and
+so the loop is never held for more than one slow block. Blocks that are hashed (a checksum) and
+every fsync always go to the threads (hashlib releases the GIL). The file is opened by the first block and
 closed by the last, so a PATCH costs no storage call beyond its blocks. Before each block the free
 space of the file system is checked against the reserve (`--min-free-space`; a recent reading serves
 while far from it), so the database beside the data can always commit and a DELETE can always free
