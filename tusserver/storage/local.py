@@ -156,9 +156,10 @@ class LocalStorage:
             self._threads_until = time.monotonic() + THREADED_FOR
 
     def take_room(self, size: int) -> bool:
-        """In a storage thread, before a block: whether `size` more bytes fit above the reserve, and
-        if so count them as taken. Far from the reserve a recent reading serves; other processes'
-        writes in its short lifetime are covered by `BLOCK_CHECK_SLACK`."""
+        """Before a block (in a storage thread, or on the loop for an inline write): whether `size`
+        more bytes fit above the reserve, and if so count them as taken. Far from the reserve a
+        recent reading serves; other processes' writes in its short lifetime are covered by
+        `BLOCK_CHECK_SLACK`."""
         with self._room_lock:
             seen_at, free = self._free_seen
             if time.monotonic() - seen_at > BLOCK_CHECK_FRESHNESS or free - size < BLOCK_CHECK_SLACK:
@@ -289,8 +290,9 @@ class LocalStorage:
 
 
 class LocalWriter:
-    """One request's bytes into one file: ~1 MiB `pwritev` blocks, one in flight while the next
-    gathers. `stored` only counts bytes the kernel accepted (and synced, with fsync)."""
+    """One request's bytes into one file: 512 KiB `pwritev` blocks, written on the event loop or
+    (see `LocalStorage.writes_inline`) one in flight in a storage thread while the next gathers.
+    `stored` only counts bytes the kernel accepted (and synced, with fsync)."""
 
     def __init__(self, storage: LocalStorage, upload: Upload, hasher: Hasher | None) -> None:
         self._storage = storage
