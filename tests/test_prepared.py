@@ -46,7 +46,7 @@ def test_plans_bind_what_sqlalchemy_binds(dialect: Dialect) -> None:
         }
         expected_values = compiled.construct_params(dict(given))
         expected = []
-        for name in planned.names:
+        for name in compiled.positiontup or ():
             processor = compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
             value = expected_values[name]
             expected.append(processor(value) if processor else value)

@@ -241,9 +241,7 @@ class Hooks:
         return any(kind in events for _, events in self._blocking)
 
     def wants(self, kind: EventType) -> bool:
-        return any(kind in route.events for route in self.routes.values()) or any(
-            kind in events for _, events in self._blocking
-        )
+        return any(kind in route.events for route in self.routes.values()) or self.blocks(kind)
 
     def durable(
         self, kind: EventType, upload: Upload, storage: Mapping[str, str], request: RequestInfo | None

@@ -42,12 +42,11 @@ class Plan:
     """One statement compiled for one dialect, ready for its driver."""
 
     sql: str
-    names: tuple[str, ...]
-    """Bound parameter names in the order the driver takes positional arguments."""
     slots: tuple[tuple[str, Any, Processor | None], ...]
-    """Per positional argument: the key it takes from the caller's parameters, its value when the
-    caller gives none (a literal of the statement, or `_REQUIRED`), and its type's bind processor.
-    SQLAlchemy's `construct_params` computes the same per call, at several times the cost."""
+    """Per positional argument, in the driver's order: the key it takes from the caller's parameters,
+    its value when the caller gives none (a literal of the statement, or `_REQUIRED`), and its
+    type's bind processor. SQLAlchemy's `construct_params` computes the same per call, at several
+    times the cost."""
     result: dict[str, Processor]
     returns_rows: bool
 
@@ -71,9 +70,8 @@ class Plan:
 
 def plan(statement: sa.Executable, dialect: Dialect) -> Plan:
     compiled = statement.compile(dialect=dialect)  # type: ignore[attr-defined]
-    names = tuple(compiled.positiontup or ())
     slots = []
-    for name in names:
+    for name in compiled.positiontup or ():
         parameter = compiled.binds[name]
         if parameter.callable is not None:
             raise ValueError(f"{name}: a bound parameter with a callable default cannot be planned")
@@ -90,4 +88,4 @@ def plan(statement: sa.Executable, dialect: Dialect) -> Plan:
         processor = column["type"].dialect_impl(dialect).result_processor(dialect, None)
         if processor is not None:
             result[column["name"]] = processor
-    return Plan(compiled.string, names, tuple(slots), result, returns_rows)
+    return Plan(compiled.string, tuple(slots), result, returns_rows)

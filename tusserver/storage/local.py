@@ -9,8 +9,8 @@ pattern before any path is built, so no request can name a file outside the dire
 Writing (`LocalWriter`): chunks are gathered into 512 KiB blocks and each block goes out with one
 `os.pwritev` (no copy into a joined buffer). A block is written on the event loop itself while the
 page cache takes blocks at memory speed (a block costs ~0.1 ms there; a thread round trip costs
-more, and on a 2-core machine the extra thread competes with everything else: inline writes gave a
-quarter more throughput with 8 MiB PATCHes). Once a block takes longer than `INLINE_STALL` (dirty-page
+more, and on a 2-core machine the extra thread competes with everything else: inline writes gave about
+a fifth more throughput with 8 MiB PATCHes). Once a block takes longer than `INLINE_STALL` (dirty-page
 throttling, a slow disk), blocks go to a bounded pool of storage threads for `THREADED_FOR` seconds,
 while the loop already receives the next block (double buffering: one block in flight per request),
 so the loop is never held for more than one slow block. Blocks that are hashed (a checksum) and
