@@ -24,15 +24,16 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from math import inf
-from typing import Any, Protocol
-
-import httpx
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tusserver.core import FinishEvent, Upload
 from tusserver.errors import TusError
 from tusserver.events import DURABLE, EventType, RequestInfo, event_payload, finish_event
 from tusserver.outbox import Dispatcher, Sink, insert_step
 from tusserver.statements import Step
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +104,10 @@ class WebhookSink:
     """`--webhook-url`: tusserver's own JSON (`FinishEvent.as_json`) plus the event ID, POSTed."""
 
     def __init__(self, url: str, timeout: float) -> None:
+        import httpx  # loaded only when a webhook is configured
+
         self._url = url
-        self._client = httpx.AsyncClient(timeout=timeout)
+        self._client: httpx.AsyncClient = httpx.AsyncClient(timeout=timeout)
 
     async def deliver(self, payload: Mapping[str, Any]) -> None:
         body = {**finish_event(payload).as_json(), "event_id": payload["EventID"]}

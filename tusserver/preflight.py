@@ -3,9 +3,13 @@ names it, instead of a traceback or a server that starts and fails on the first 
 
 `check(settings)` runs before the server listens: the port is free, the data directory can be
 written, the SQLite library is new enough, the database can be reached with these credentials and its
-schema is one this release knows (it is migrated here), and an S3 bucket can be listed. A problem
-raises `StartupProblem` with the line to print; `explain` turns an exception met later at start-up
-(a `migrate` or `cleanup` command) into the same kind of line.
+schema is one this release knows, and an S3 bucket can be listed. A problem raises `StartupProblem`
+with the line to print; `explain` turns an exception met later at start-up (a `migrate` or `cleanup`
+command) into the same kind of line.
+
+A schema that needs migrating is migrated by `run_checks` in a forked child process: Alembic (with
+Mako and Pygments, about 11 MiB resident) is then never loaded into the serving process, which only
+reads the recorded revision (`database.schema_revision`).
 """
 
 from __future__ import annotations
@@ -15,14 +19,13 @@ import errno
 import os
 import socket
 import sqlite3
+import sys
 from pathlib import Path
 
-import asyncpg
-from alembic.util.exc import CommandError
 from sqlalchemy.engine import make_url
 
 from tusserver.config import Settings
-from tusserver.database import make_engine, migrate
+from tusserver.database import SCHEMA_HEAD, make_engine, migrate, schema_revision
 from tusserver.statements import sqlite_library_problem
 from tusserver.storage import storage_problem
 
@@ -31,12 +34,13 @@ class StartupProblem(Exception):
     """A reason the server cannot start, as one line for the operator."""
 
 
-async def check(settings: Settings) -> None:
+async def check(settings: Settings) -> bool:
+    """Every check; returns whether the database schema must be migrated."""
     check_port(settings.host, settings.port)
     check_data_directory(settings.uploads_dir)
     if (problem := await storage_problem(settings)) is not None:
         raise StartupProblem(problem)
-    await check_database(settings)
+    return await check_database(settings)
 
 
 def check_port(host: str, port: int) -> None:
@@ -65,7 +69,9 @@ def check_data_directory(directory: Path) -> None:
         ) from None
 
 
-async def check_database(settings: Settings) -> None:
+async def check_database(settings: Settings) -> bool:
+    """The database can be reached and read; returns whether its schema is behind this release (or
+    ahead of it: the migration then names the problem)."""
     url = settings.resolved_database_url
     if url.startswith("sqlite") and (problem := sqlite_library_problem()) is not None:
         raise StartupProblem(problem)
@@ -74,15 +80,31 @@ async def check_database(settings: Settings) -> None:
     except ValueError as exc:
         raise StartupProblem(str(exc)) from None
     try:
-        await migrate(engine)
+        return await schema_revision(engine) != SCHEMA_HEAD
     except Exception as exc:
         raise StartupProblem(explain(exc, url, settings.database_timeout)) from None
     finally:
         await engine.dispose()
 
 
+async def migrate_database(settings: Settings) -> str | None:
+    """Bring the schema to this release's head: None, or the line that says why it could not."""
+    url = settings.resolved_database_url
+    engine = make_engine(url, settings.fsync, settings.database_timeout)
+    try:
+        await migrate(engine)
+    except Exception as exc:
+        return explain(exc, url, settings.database_timeout)
+    finally:
+        await engine.dispose()
+    return None
+
+
 def explain(exc: BaseException, url: str, timeout: float) -> str:
     """One line for an exception met while connecting to or migrating the database at `url`."""
+    import asyncpg  # imported here, on a failure: a server on SQLite never needs them
+    from alembic.util.exc import CommandError
+
     shown = make_url(url)
     where = f"{shown.host or 'localhost'}:{shown.port or 5432}"
     for cause in _chain(exc):
@@ -123,5 +145,36 @@ def _chain(exc: BaseException) -> list[BaseException]:
 
 
 def run_checks(settings: Settings) -> None:
-    """`check` from synchronous code (the command line, before uvicorn starts its own loop)."""
-    asyncio.run(check(settings))
+    """`check` from synchronous code (the command line, before uvicorn starts its own loop), then the
+    migration if one is needed, in a child process where the system can fork."""
+    if not asyncio.run(check(settings)):
+        return
+    problem = _in_child(settings) if hasattr(os, "fork") else asyncio.run(migrate_database(settings))
+    if problem is not None:
+        raise StartupProblem(problem)
+
+
+def _in_child(settings: Settings) -> str | None:
+    """`migrate_database` in a forked child (no event loop runs here now); its line comes back
+    through a pipe."""
+    reading, writing = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the child: report, then leave without running the parent's exit handlers
+        os.close(reading)
+        try:
+            problem = asyncio.run(migrate_database(settings))
+        except BaseException as exc:  # whatever happens, the parent must hear of it
+            problem = f"the database migration failed: {exc}"
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.write(writing, (problem or "").encode())
+        os._exit(1 if problem else 0)
+    os.close(writing)
+    with os.fdopen(reading, "rb") as answer:
+        line = answer.read().decode(errors="replace")
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) == 0:
+        return None
+    return line or "the database migration failed (its process ended without saying why)"

@@ -22,7 +22,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tusserver.core import Upload
 from tusserver.errors import UploadNotFound
 from tusserver.outbox import PREPARED as OUTBOX_STATEMENTS
-from tusserver.pg_direct import DirectRunner
 from tusserver.schema import db_deadline, db_now, upload_table
 from tusserver.statements import SqliteRunner, StatementRunner, Step
 
@@ -156,11 +155,12 @@ class UploadRecords:
         (PostgreSQL; SQLite waits at most `statements.BUSY_PATIENCE` for a lock)."""
         self.engine = engine
         database = engine.url.database
-        self._runner: StatementRunner = (
-            SqliteRunner(database, fsync, _PREPARED)
-            if engine.dialect.name == "sqlite" and database and database != ":memory:"
-            else DirectRunner(engine, _PREPARED, timeout, pool_size)
-        )
+        if engine.dialect.name == "sqlite" and database and database != ":memory:":
+            self._runner: StatementRunner = SqliteRunner(database, fsync, _PREPARED)
+        else:
+            from tusserver.pg_direct import DirectRunner  # asyncpg: loaded only where it is used
+
+            self._runner = DirectRunner(engine, _PREPARED, timeout, pool_size)
 
     async def close(self) -> None:
         await self._runner.close()

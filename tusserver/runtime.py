@@ -35,7 +35,6 @@ from tusserver.policy import Policy
 from tusserver.records import UploadRecords
 from tusserver.storage import make_storage
 from tusserver.sweeper import Sweeper
-from tusserver.tusd_hooks import TusdHttpHooks
 from tusserver.uploads import UploadService
 
 
@@ -54,6 +53,8 @@ def build_hooks(settings: Settings, python_hooks: object | None = None) -> Hooks
     blocking: list[tuple[BlockingHooks, frozenset[EventType]]] = []
     progress: list[BlockingHooks] = []
     if settings.hooks_http:
+        from tusserver.tusd_hooks import TusdHttpHooks  # httpx: loaded only when hooks are configured
+
         events = parse_events(settings.hooks_enabled_events)
         forward = [name.strip() for name in settings.hooks_http_forward_headers.split(",") if name.strip()]
         timeout = settings.hooks_http_timeout or settings.hook_timeout
