@@ -13,6 +13,7 @@ from sqlalchemy.engine import Dialect
 
 from tusserver import records
 from tusserver.prepared import plan
+from tusserver.schema import UTCDateTime
 
 DIALECTS = [sqlite.pysqlite.dialect(), postgresql.asyncpg.dialect()]  # type: ignore[no-untyped-call]
 
@@ -54,3 +55,17 @@ def test_plans_bind_what_sqlalchemy_binds(dialect: Dialect) -> None:
         if given:
             with pytest.raises(KeyError):  # a missing value is an error, not a silent NULL
                 planned.arguments({})
+
+
+def test_sqlite_timestamps_read_back_as_written() -> None:
+    """`UTCDateTime` reads SQLite's text in one step: both what SQLAlchemy writes (microseconds)
+    and what the lease SQL writes with `strftime('%Y-%m-%d %H:%M:%f')` (milliseconds)."""
+    engine = sa.create_engine("sqlite://")
+    table = sa.Table("t", sa.MetaData(), sa.Column("at", UTCDateTime))
+    written = datetime(2026, 12, 3, 14, 5, 6, 789012, tzinfo=UTC)
+    with engine.begin() as connection:
+        table.create(connection)
+        connection.execute(table.insert(), [{"at": written}, {"at": None}])
+        connection.execute(sa.text("INSERT INTO t VALUES ('2026-12-03 14:05:06.789')"))
+        read = [row.at for row in connection.execute(sa.select(table.c.at))]
+    assert read == [written, None, datetime(2026, 12, 3, 14, 5, 6, 789000, tzinfo=UTC)]

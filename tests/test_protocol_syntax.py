@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
+from email.utils import format_datetime
 
 import pytest
 
@@ -114,3 +115,13 @@ def test_metadata_text_replaces_undecodable_bytes() -> None:
 def test_http_date_is_imf_fixdate_e4() -> None:
     moment = datetime(2014, 6, 25, 16, 0, tzinfo=UTC)
     assert format_http_date(moment) == "Wed, 25 Jun 2014 16:00:00 GMT"
+
+
+def test_http_date_matches_the_standard_library_every_day_of_a_leap_year() -> None:
+    """The hand-written formatter writes what `email.utils.format_datetime(usegmt=True)` writes."""
+    start = datetime(2028, 1, 1, 0, 0, 7, tzinfo=UTC)
+    for hours in range(0, 366 * 24, 7):
+        moment = start + timedelta(hours=hours, minutes=hours % 60)
+        assert format_http_date(moment) == format_datetime(moment, usegmt=True)
+    other_zone = datetime(2026, 12, 3, 23, 30, tzinfo=timezone(timedelta(hours=-5)))
+    assert format_http_date(other_zone) == "Fri, 04 Dec 2026 04:30:00 GMT"

@@ -105,6 +105,7 @@ class SqliteRunner:
             connect_args={"check_same_thread": False},
         )
         sa.event.listen(self._engine, "connect", _tune("FULL" if fsync else "NORMAL"))
+        sa.event.listen(self._engine, "begin", _begin)
         self._database = database
         self._connection: sa.Connection | None = None
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="tusserver-db") if fsync else None
@@ -188,15 +189,17 @@ class SqliteRunner:
 
 
 def _run_prepared(raw: Any, steps: Sequence[tuple[Plan, Params]]) -> Ran:
-    """Prepared statements on the pysqlite connection itself, in one transaction (pysqlite opens it
-    before the first change; a SELECT alone needs none)."""
+    """Prepared statements on the pysqlite connection itself (in autocommit mode, see `_tune`): one
+    statement is its own transaction; several run inside BEGIN ... COMMIT."""
+    if len(steps) == 1:
+        return _execute(raw, *steps[0])
+    raw.execute("BEGIN")
     try:
         first = _execute(raw, *steps[0])
         if first.rowcount:
             for step in steps[1:]:
                 _execute(raw, *step)
-        if raw.in_transaction:
-            raw.commit()
+        raw.commit()
     except BaseException:
         raw.rollback()
         raise
@@ -216,15 +219,24 @@ def _execute(raw: Any, prepared: Plan, params: Params) -> Ran:
 
 
 def _tune(synchronous: str) -> Callable[[Any, object], None]:
+    """Autocommit (pysqlite's implicit BEGIN and COMMIT around a single statement cost about a third
+    of an UPDATE's time: 38 -> 27 µs an acquire-and-release pair), WAL, our own busy handling."""
     pragmas = ("journal_mode=WAL", f"synchronous={synchronous}", "busy_timeout=0", "wal_autocheckpoint=0")
 
     def tune(dbapi_connection: Any, _record: object) -> None:
+        dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         for pragma in pragmas:
             cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
 
     return tune
+
+
+def _begin(connection: sa.Connection) -> None:
+    """SQLAlchemy's own transactions (statements not prepared) on an autocommit connection: BEGIN
+    explicitly (SQLAlchemy's documented recipe for pysqlite); `commit()` then ends it."""
+    connection.exec_driver_sql("BEGIN")
 
 
 def _checkpoint(database: str) -> None:
