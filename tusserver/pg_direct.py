@@ -1,4 +1,5 @@
-"""PostgreSQL statements straight on an asyncpg pool, for the few statements every request runs.
+"""PostgreSQL statements straight on asyncpg connections (`pg_pool.py`), for the few statements every
+request runs.
 
 SQLAlchemy's async layer costs about as much as the round trip itself per statement (a greenlet
 switch, a pool checkout and result wrapping: ~150 µs here, where asyncpg alone needs ~80 µs for a
@@ -26,6 +27,7 @@ import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from tusserver.pg_pool import ConnectionPool
 from tusserver.prepared import Plan, plan
 from tusserver.statements import Params, Ran, Step, unavailable
 
@@ -155,11 +157,9 @@ class DirectRunner:
         pool_size: int = 20,
     ) -> None:
         self._timeout = timeout
-        self._pool_size = pool_size
         self._fallback = AsyncRunner(engine, timeout, pool_size)
         self._dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        self._pool: asyncpg.Pool | None = None
-        self._opening = asyncio.Lock()
+        self._pool = ConnectionPool(self._new_connection, pool_size, timeout)
         self._plans = {id(statement): plan(statement, engine.dialect) for statement in prepared}
 
     async def run(self, statement: sa.Executable, params: Params | None = None) -> Ran:
@@ -186,23 +186,22 @@ class DirectRunner:
 
     async def _on_connection(self, work: Callable[[asyncpg.Connection], Awaitable[Ran]]) -> Ran:
         """`work` on a pooled connection, every wait bounded by the timeout; outages become 503."""
+        pool = self._pool
         try:
-            pool = self._pool or await self._open()
-            connection = await pool.acquire(timeout=self._timeout)  # connecting included
+            connection = await pool.take()  # connecting included
             try:
                 return await work(connection)
             except BaseException:
-                # Closed at once: a graceful release would first ask the server to cancel the
+                # Closed at once: a graceful close would first ask the server to cancel the
                 # statement, over a new connection, which a blackholed network never answers.
                 connection.terminate()
                 raise
             finally:
-                await pool.release(connection)
+                pool.give_back(connection)
         except Exception as exc:
             if not is_outage(exc):
                 raise
-            if self._pool is not None:  # the server may have restarted: every pooled connection is
-                await self._pool.expire_connections()  # suspect, replace them all on next use
+            pool.expire()  # the server may have restarted: every pooled connection is suspect
             raise unavailable(exc) from exc
 
     async def _execute(self, connection: asyncpg.Connection, prepared: Plan, params: Params) -> Ran:
@@ -214,33 +213,22 @@ class DirectRunner:
         status = await connection.execute(prepared.sql, *arguments, timeout=self._timeout)
         return Ran([], int(status.rsplit(" ", 1)[-1]))
 
-    async def _open(self) -> asyncpg.Pool:
-        async with self._opening:  # requests arriving together make one pool
-            if self._pool is None:
-                self._pool = await self._new_pool()
-        return self._pool
-
-    async def _new_pool(self) -> asyncpg.Pool:
-        # No reset on release: asyncpg's default resets every connection it gets back (RESET ALL,
-        # UNLISTEN, ...), a round trip per statement; these autocommitted statements leave no state.
-        return await asyncpg.create_pool(
-            self._dsn,
-            min_size=0,
-            max_size=self._pool_size,
-            init=_set_up,
-            reset=_keep,
-            **connect_arguments(self._timeout),
-        )
+    async def _new_connection(self) -> asyncpg.Connection:
+        connection = await asyncpg.connect(self._dsn, **connect_arguments(self._timeout))
+        try:
+            async with asyncio.timeout(self._timeout):
+                await _set_up(connection)
+        except BaseException:
+            connection.terminate()
+            raise
+        return connection
 
     def in_use(self) -> int:
         """Connections checked out of both pools now (for `/metrics`)."""
-        pool = self._pool
-        direct = pool.get_size() - pool.get_idle_size() if pool is not None else 0
-        return int(direct) + self._fallback.in_use()
+        return self._pool.in_use() + self._fallback.in_use()
 
     async def close(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
+        await self._pool.close()
         await self._fallback.close()
 
 
@@ -251,10 +239,6 @@ async def _set_up(connection: asyncpg.Connection) -> None:
     await connection.set_type_codec(
         "json", encoder=str.encode, decoder=_decode_json, schema="pg_catalog", format="binary"
     )
-
-
-async def _keep(connection: asyncpg.Connection) -> None:
-    return None
 
 
 def _decode_json(raw: bytes) -> Any:
