@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta, timezone
 from email.utils import format_datetime
 
 import pytest
 
+from tusserver.core import is_upload_id, new_upload_id
 from tusserver.errors import BadRequest, UnsupportedMediaType
 from tusserver.protocol import (
     decode_metadata,
@@ -125,3 +127,26 @@ def test_http_date_matches_the_standard_library_every_day_of_a_leap_year() -> No
         assert format_http_date(moment) == format_datetime(moment, usegmt=True)
     other_zone = datetime(2026, 12, 3, 23, 30, tzinfo=timezone(timedelta(hours=-5)))
     assert format_http_date(other_zone) == "Fri, 04 Dec 2026 04:30:00 GMT"
+
+
+def test_upload_ids_are_random_128_bit_hex_and_never_repeat() -> None:
+    ids = [new_upload_id() for _ in range(5_000)]  # many batches of the pre-drawn IDs
+    assert all(is_upload_id(upload_id) for upload_id in ids)
+    assert len(set(ids)) == len(ids)
+
+
+def test_a_forked_child_draws_its_own_upload_ids() -> None:
+    """The parent's pre-drawn IDs are not inherited: a child and its parent never share one."""
+    new_upload_id()  # the parent now holds pre-drawn IDs
+    reading, writing = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next IDs and leave at once
+        os.write(writing, " ".join(new_upload_id() for _ in range(3)).encode())
+        os._exit(0)
+    os.close(writing)
+    with os.fdopen(reading) as answer:
+        child = answer.read().split()
+    os.waitpid(pid, 0)
+    parent = [new_upload_id() for _ in range(3)]
+    assert len(child) == 3
+    assert not set(child) & set(parent)

@@ -7,8 +7,8 @@ stored by `UploadRecords`. `Storage` moves bytes and knows nothing of HTTP, SQL 
 
 from __future__ import annotations
 
+import os
 import re
-import secrets
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,8 +18,23 @@ from typing import Protocol
 _UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
 
 
+_ID_BATCH = 256
+_ids_ready: list[str] = []
+
+
 def new_upload_id() -> str:
-    return secrets.token_hex(16)
+    """128 bits from the operating system's CSPRNG (as `secrets.token_hex(16)`), drawn 256 IDs per
+    system call: one `getrandom` per POST was 4 % of a POST + HEAD cycle. A forked child starts
+    with none of its parent's (`os.register_at_fork`), so two processes never share an ID."""
+    try:
+        return _ids_ready.pop()
+    except IndexError:
+        random = os.urandom(16 * _ID_BATCH)
+        _ids_ready.extend(random[start : start + 16].hex() for start in range(16, len(random), 16))
+        return random[:16].hex()
+
+
+os.register_at_fork(after_in_child=_ids_ready.clear)
 
 
 def is_upload_id(text: str) -> bool:

@@ -201,7 +201,8 @@ def _metadata(request: Request) -> str | None:
 def _public_base(request: Request) -> str:
     host = request.headers.get("host") or _server_address(request)
     root_path = request.scope.get("root_path", "")
-    return public_base(request.url.scheme, host, root_path, request.headers, _settings(request).behind_proxy)
+    scheme = request.scope.get("scheme", "http")  # `request.url` would parse the whole URL for it
+    return public_base(scheme, host, root_path, request.headers, _settings(request).behind_proxy)
 
 
 def _server_address(request: Request) -> str:

@@ -294,7 +294,7 @@ class LocalStorage:
         return True
 
     def describe(self, upload: Upload) -> Mapping[str, str]:
-        return {"type": "local", "path": str(self.path(upload))}
+        return {"type": "local", "path": self.file_name(upload)}
 
 
 class LocalWriter:
