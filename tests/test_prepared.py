@@ -3,7 +3,7 @@ for every statement the request path runs on the raw drivers, on both dialects."
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -69,3 +69,21 @@ def test_sqlite_timestamps_read_back_as_written() -> None:
         connection.execute(sa.text("INSERT INTO t VALUES ('2026-12-03 14:05:06.789')"))
         read = [row.at for row in connection.execute(sa.select(table.c.at))]
     assert read == [written, None, datetime(2026, 12, 3, 14, 5, 6, 789000, tzinfo=UTC)]
+
+
+def test_sqlite_timestamps_are_written_as_sqlalchemy_writes_them() -> None:
+    """`UTCDateTime` formats SQLite text itself: the very text SQLAlchemy's own DATETIME writes
+    (lease deadlines are compared with it as text), for any zone and with or without microseconds."""
+    dialect = sqlite.pysqlite.dialect()
+    ours = UTCDateTime().bind_processor(dialect)
+    theirs = sa.DateTime().dialect_impl(dialect).bind_processor(dialect)
+    assert ours is not None
+    assert theirs is not None
+    zone = timezone(timedelta(hours=5, minutes=30))
+    for moment in (
+        datetime(2026, 12, 3, 14, 5, 6, 789012, tzinfo=UTC),
+        datetime(2026, 12, 3, 14, 5, 6, tzinfo=UTC),
+        datetime(2027, 1, 1, 0, 0, 0, 1, tzinfo=zone),
+    ):
+        assert ours(moment) == theirs(moment.astimezone(UTC).replace(tzinfo=None))
+    assert ours(None) is None

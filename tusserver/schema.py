@@ -44,6 +44,14 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
+    def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any] | None:
+        """On SQLite, an aware datetime straight to SQLAlchemy's text format (`YYYY-MM-DD
+        HH:MM:SS.ffffff`, UTC) in one step, instead of `process_bind_param` and then SQLAlchemy's
+        formatting by fields."""
+        if dialect.name != "sqlite":
+            return super().bind_processor(dialect)
+        return _sqlite_text
+
     def result_processor(self, dialect: Dialect, coltype: object) -> Callable[[Any], Any] | None:
         """On SQLite, the stored text straight to an aware datetime in one step (`fromisoformat` reads
         SQLAlchemy's format and SQLite's `strftime` alike), instead of SQLAlchemy's regular
@@ -51,6 +59,12 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
         if dialect.name != "sqlite":
             return super().result_processor(dialect, coltype)
         return _sqlite_utc
+
+
+def _sqlite_text(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def _sqlite_utc(value: Any) -> datetime | None:
