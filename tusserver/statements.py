@@ -190,7 +190,10 @@ class SqliteRunner:
 
 def _run_prepared(raw: Any, steps: Sequence[tuple[Plan, Params]]) -> Ran:
     """Prepared statements on the pysqlite connection itself (in autocommit mode, see `_tune`): one
-    statement is its own transaction; several run inside BEGIN ... COMMIT."""
+    statement is its own transaction; several run inside BEGIN ... COMMIT. A transaction left open
+    by a failure whose ROLLBACK failed too is rolled back first, so it cannot swallow later writes."""
+    if raw.in_transaction:
+        raw.rollback()
     if len(steps) == 1:
         return _execute(raw, *steps[0])
     raw.execute("BEGIN")
