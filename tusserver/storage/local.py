@@ -10,10 +10,13 @@ Writing (`LocalWriter`): chunks are gathered into 512 KiB blocks and each block 
 `os.pwritev` (no copy into a joined buffer). A block is written on the event loop itself while the
 page cache takes blocks at memory speed (a block costs ~0.1 ms there; a thread round trip costs
 more, and on a 2-core machine the extra thread competes with everything else: inline writes gave about
-a fifth more throughput with 8 MiB PATCHes). Once a block takes longer than `INLINE_STALL` (dirty-page
-throttling, a slow disk), blocks go to a bounded pool of storage threads for `THREADED_FOR` seconds,
-while the loop already receives the next block (double buffering: one block in flight per request),
-so the loop is never held for more than one slow block. Blocks that are hashed (a checksum) and
+a fifth more throughput with 8 MiB PATCHes). Once a block takes longer than `INLINE_STALL` and the
+kernel made the write wait (a voluntary context switch of the loop's thread: dirty-page throttling, a
+slow disk), blocks go to a bounded pool of storage threads for `THREADED_FOR` seconds, while the loop
+already receives the next block (double buffering: one block in flight per request),
+so the loop is never held for more than one slow block. A block that was only slow on the CPU (page
+faults on fresh memory, the thread preempted) stays inline: threads would not make that faster, and
+measured back to back they cost a fifth of a 1 GiB PATCH's throughput. Blocks that are hashed (a checksum) and
 every fsync always go to the threads (hashlib releases the GIL). The file is opened by the first block and
 closed by the last, so a PATCH costs no storage call beyond its blocks. Before each block the free
 space of the file system is checked against the reserve (`--min-free-space`; a recent reading serves
@@ -31,9 +34,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import itertools
 import logging
 import os
 import re
+import resource
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -155,10 +160,11 @@ class LocalStorage:
         """Whether a block (without fsync or hashing) is written on the event loop now."""
         return self.inline_writes and time.monotonic() >= self._threads_until
 
-    def took(self, seconds: float) -> None:
-        """A block written inline took `seconds`: past `INLINE_STALL`, the page cache is pushing
-        back (dirty-page throttling, a slow disk), and blocks go to the threads for a while."""
-        if seconds > INLINE_STALL:
+    def took(self, seconds: float, waited: bool) -> None:
+        """A block written inline took `seconds`, and the kernel made it wait (`waited`) or not:
+        both together mean the page cache is pushing back (dirty-page throttling, a slow disk), and
+        blocks go to the threads for a while."""
+        if seconds > INLINE_STALL and waited:
             if self.writes_inline():
                 log.info("storage_writes_threaded block_ms=%.1f for_s=%g", seconds * 1000, THREADED_FOR)
             self._threads_until = time.monotonic() + THREADED_FOR
@@ -368,12 +374,12 @@ class LocalWriter:
         position = self._start + self._submitted
         self._submitted += size
         if self._hasher is None and not sync and self._storage.writes_inline():
-            started = time.monotonic()
+            started, waits = time.monotonic(), kernel_waits()
             try:
                 self._write_block(batch, size, position, sync, close)
             except OSError as exc:
                 self._failure = storage_error(exc, "writing")  # raised by the next `_settle`
-            self._storage.took(time.monotonic() - started)
+            self._storage.took(time.monotonic() - started, kernel_waits() != waits)
             return
         loop = asyncio.get_running_loop()
         self._in_flight = loop.run_in_executor(
@@ -427,6 +433,19 @@ class LocalWriter:
                 views.pop(0)
             if written:
                 views[0] = views[0][written:]
+
+
+_RUSAGE_THREAD = getattr(resource, "RUSAGE_THREAD", None)
+_guesses = itertools.count()
+
+
+def kernel_waits() -> int:
+    """How often the calling thread has waited in the kernel (voluntary context switches: I/O,
+    dirty-page throttling, locks); where the system cannot tell, a new number each call (so every
+    slow block counts as one that waited)."""
+    if _RUSAGE_THREAD is None:
+        return next(_guesses)
+    return resource.getrusage(_RUSAGE_THREAD).ru_nvcsw
 
 
 async def _nothing() -> AsyncIterator[bytes]:
