@@ -8,16 +8,16 @@ pattern before any path is built, so no request can name a file outside the dire
 
 Writing (`LocalWriter`): chunks are gathered into 512 KiB blocks and each block goes out with one
 `os.pwritev` (no copy into a joined buffer). A block is written on the event loop itself while the
-page cache takes blocks at memory speed (a block costs ~0.1 ms there; a thread round trip costs
-more, and on a 2-core machine the extra thread competes with everything else: inline writes gave about
-a fifth more throughput with 8 MiB PATCHes). Once a block takes longer than `INLINE_STALL` and the
+page cache takes blocks at memory speed (a block costs ~0.1 ms there; a thread round trip costs more,
+and on a 2-core machine the extra thread competes with everything else: inline writes gave about a
+fifth more throughput with 8 MiB PATCHes). Once a block takes longer than `INLINE_STALL` and the
 kernel made the write wait (a voluntary context switch of the loop's thread: dirty-page throttling, a
 slow disk), blocks go to a bounded pool of storage threads for `THREADED_FOR` seconds, while the loop
-already receives the next block (double buffering: one block in flight per request),
-so the loop is never held for more than one slow block. A block that was only slow on the CPU (page
-faults on fresh memory, the thread preempted) stays inline: threads would not make that faster, and
-measured back to back they cost a fifth of a 1 GiB PATCH's throughput. Blocks that are hashed (a checksum) and
-every fsync always go to the threads (hashlib releases the GIL). The file is opened by the first block and
+already receives the next block (double buffering: one block in flight per request), so the loop is
+never held for more than one slow block. A block that was only slow on the CPU (page faults on fresh
+memory, the thread preempted) stays inline: threads would not make that faster, and measured back to
+back they cost a fifth of a 1 GiB PATCH's throughput. Blocks that are hashed (a checksum) and every
+fsync always go to the threads (hashlib releases the GIL). The file is opened by the first block and
 closed by the last, so a PATCH costs no storage call beyond its blocks. Before each block the free
 space of the file system is checked against the reserve (`--min-free-space`; a recent reading serves
 while far from it), so the database beside the data can always commit and a DELETE can always free
