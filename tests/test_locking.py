@@ -129,7 +129,8 @@ async def test_commit_by_a_writer_that_lost_its_lease_is_refused(database_url: s
         second = await store.acquire(upload_id, "owner-2", ttl=30)
         assert second is not None  # ...so owner-2 takes over
         assert await store.commit(replace(first, offset=3), "owner-1", 0, release=True) is None
-        assert await store.renew(["owner-1", "owner-2"], ttl=30) == {"owner-2": False}
+        leases = [(upload_id, "owner-1"), (upload_id, "owner-2")]
+        assert await store.renew(leases, ttl=30) == {"owner-2": False}
         assert await store.commit(replace(second, offset=2), "owner-2", 0, release=True) is not None
         assert (await store.get(upload_id)).offset == 2
         await store.close()

@@ -4,16 +4,22 @@ in the same compare-and-set). A change that adds a round trip to these paths fai
 
 from __future__ import annotations
 
+import asyncio
+import re
+import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.dialects import sqlite
 
 from tests.conftest import AppClient
 from tests.helpers import BASE, create, patch
-from tusserver import Settings
+from tusserver import Settings, records
+from tusserver.database import make_engine, migrate
 from tusserver.statements import Params, Ran, StatementRunner
 
 pytestmark = pytest.mark.anyio
@@ -68,3 +74,35 @@ async def test_a_short_patch_costs_two_statements(counted: tuple[httpx.AsyncClie
     with counter.counting() as statements:
         assert (await patch(client, path, 0, b"01234")).status_code == 204
     assert statements == ["UPDATE", "UPDATE"]  # acquire; commit-and-release
+
+
+KEYED = {
+    name: getattr(records, name)
+    for name in ("_GET", "_EXISTS", "_ACQUIRE", "_ASK_RELEASE", "_RENEW", "_RELEASE", "_COMMIT_RELEASE",
+                 "_COMMIT_KEEP", "_FORGET", "_DELETE")
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(KEYED))
+def test_the_statements_of_requests_and_renewals_find_rows_by_key(name: str, tmp_path: Path) -> None:
+    """No statement a request or the lease keeper runs reads the whole upload table: on SQLite its
+    plan searches by the primary key. (The renewal once matched on `lock_owner` alone, which has no
+    index: a full scan a second per instance, 4 ms at 50,000 uploads.)"""
+    database = tmp_path / "plans.db"
+    asyncio.run(_migrated(f"sqlite:///{database}"))
+    compiled = KEYED[name].compile(dialect=sqlite.dialect())
+    sql = re.sub(r"__\[POSTCOMPILE_\w+\]", "?", compiled.string)  # an IN list of one
+    arguments = [0] * len(compiled.positiontup or ())
+    with sqlite3.connect(database) as connection:
+        plan = connection.execute(f"EXPLAIN QUERY PLAN {sql}", arguments).fetchall()
+    details = " | ".join(str(row[-1]) for row in plan)
+    assert "SCAN upload" not in details
+    assert re.search(r"SEARCH upload USING (COVERING )?INDEX sqlite_autoindex_upload_1 \(id=\?\)", details)
+
+
+async def _migrated(url: str) -> None:
+    engine = make_engine(url)
+    try:
+        await migrate(engine)
+    finally:
+        await engine.dispose()

@@ -271,7 +271,8 @@ class UploadLocks:
     async def _renew(self, leases: list[Lease]) -> None:
         sent_at = time.monotonic()
         try:
-            answers = await self._records.renew([lease.owner for lease in leases], self.ttl)
+            held = [(lease.upload.id, lease.owner) for lease in leases]
+            answers = await self._records.renew(held, self.ttl)
         except ServiceUnavailable:
             for lease in leases:  # it may still be valid; trusted() says when it no longer is
                 lease.trusted(time.monotonic())

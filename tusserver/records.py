@@ -34,7 +34,7 @@ _UPLOAD_COLUMNS = (
 )  # fmt: skip
 _UPLOAD_FIELDS = tuple(field.name for field in fields(Upload))
 """Copied shallowly into an INSERT (`dataclasses.asdict` deep-copies: 7 % of a POST)."""
-_RENEW_BATCH = 500  # owners per renewal statement (well under every backend's bound-parameter limit)
+_RENEW_BATCH = 500  # leases per renewal statement (well under every backend's bound-parameter limit)
 _p = sa.bindparam
 
 
@@ -59,9 +59,9 @@ _ACQUIRE = (
     .returning(*_UPLOAD_COLUMNS)
 )
 _ASK_RELEASE = sa.update(upload_table).where(_ID, _t.lock_owner.is_not(None)).values(release_requested=True)
-_RENEW = (
+_RENEW = (  # found by primary key: matching on lock_owner alone, which has no index, scanned the table
     sa.update(upload_table)
-    .where(_t.lock_owner.in_(_p("owners", expanding=True)))
+    .where(_t.id.in_(_p("upload_ids", expanding=True)), _t.lock_owner.in_(_p("owners", expanding=True)))
     .values(lock_expires_at=_TTL)
     .returning(_t.lock_owner, _t.release_requested)
 )
@@ -224,13 +224,16 @@ class UploadRecords:
         """Ask whoever holds the upload's lease to stop and let go."""
         await self._count(_ASK_RELEASE, upload_id=upload_id)
 
-    async def renew(self, owners: Sequence[str], ttl: float) -> dict[str, bool]:
-        """Extend every lease of `owners` still held, in one statement per batch: owner -> whether
-        another request asked it to let go. An owner missing from the answer has lost its lease."""
+    async def renew(self, leases: Sequence[tuple[str, str]], ttl: float) -> dict[str, bool]:
+        """Extend every lease of `leases` ((upload ID, owner) pairs) still held, in one statement per
+        batch: owner -> whether another request asked it to let go. An owner missing from the answer
+        has lost its lease. (Owners are unique per lease, so a row matches only its own owner.)"""
         answers: dict[str, bool] = {}
-        for start in range(0, len(owners), _RENEW_BATCH):
-            batch = list(owners[start : start + _RENEW_BATCH])
-            rows = await self._rows(_RENEW, owners=batch, ttl=ttl)
+        for start in range(0, len(leases), _RENEW_BATCH):
+            batch = leases[start : start + _RENEW_BATCH]
+            upload_ids = [upload_id for upload_id, _ in batch]
+            owners = [owner for _, owner in batch]
+            rows = await self._rows(_RENEW, upload_ids=upload_ids, owners=owners, ttl=ttl)
             answers.update({row.lock_owner: bool(row.release_requested) for row in rows})
         return answers
 
