@@ -1,10 +1,13 @@
 """How many SQL statements each request costs, counted on the engine that runs them: HEAD of an upload
 nobody holds costs one, POST one, a short PATCH two (take the lease; commit the offset and release it
-in the same compare-and-set). A change that adds a round trip to these paths fails here."""
+in the same compare-and-set). A change that adds a round trip to these paths fails here, and so does
+a statement of these paths or of the lease keeper that scans the upload table instead of finding its
+rows by key."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
@@ -93,7 +96,7 @@ def test_the_statements_of_requests_and_renewals_find_rows_by_key(name: str, tmp
     compiled = KEYED[name].compile(dialect=sqlite.dialect())
     sql = re.sub(r"__\[POSTCOMPILE_\w+\]", "?", compiled.string)  # an IN list of one
     arguments = [0] * len(compiled.positiontup or ())
-    with sqlite3.connect(database) as connection:
+    with contextlib.closing(sqlite3.connect(database)) as connection:
         plan = connection.execute(f"EXPLAIN QUERY PLAN {sql}", arguments).fetchall()
     details = " | ".join(str(row[-1]) for row in plan)
     assert "SCAN upload" not in details

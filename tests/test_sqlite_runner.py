@@ -3,6 +3,7 @@ transaction that a failure left open cannot swallow the writes that follow."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ async def test_a_transaction_left_open_is_rolled_back_before_the_next_statement(
         raw.execute("BEGIN")  # as if a statement and then its ROLLBACK had failed
         raw.execute('UPDATE upload SET "offset" = 1 WHERE id = ?', (upload_id,))
         assert await store.acquire(upload_id, "owner-1", ttl=30) is not None
-        with sqlite3.connect(database) as other:  # what another connection sees: committed rows
+        with contextlib.closing(sqlite3.connect(database)) as other:  # another connection: committed rows
             row = other.execute('SELECT "offset", lock_owner FROM upload WHERE id = ?', (upload_id,))
             assert row.fetchone() == (0, "owner-1")
     finally:
