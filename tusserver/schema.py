@@ -40,9 +40,7 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return None if value is None else _utc(value)
 
     def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any] | None:
         """On SQLite, an aware datetime straight to SQLAlchemy's text format (`YYYY-MM-DD
@@ -70,7 +68,11 @@ def _sqlite_text(value: datetime | None) -> str | None:
 def _sqlite_utc(value: Any) -> datetime | None:
     if value is None:
         return None
-    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return _utc(datetime.fromisoformat(value) if isinstance(value, str) else value)
+
+
+def _utc(moment: datetime) -> datetime:
+    """Aware UTC: a naive value is UTC already (SQLite keeps no zone)."""
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
