@@ -3,16 +3,19 @@ transaction that a failure left open cannot swallow the writes that follow."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from tests.conftest import app_client
 from tests.helpers import create
-from tusserver import Settings
+from tusserver import Settings, statements
 from tusserver.database import make_engine
 from tusserver.records import UploadRecords
 
@@ -39,3 +42,37 @@ async def test_a_transaction_left_open_is_rolled_back_before_the_next_statement(
     finally:
         await store.close()
         await engine.dispose()
+
+
+def _wal_restarts(wal: Path) -> int:
+    """The WAL header's checkpoint sequence number: SQLite adds one each time the WAL starts over."""
+    header = wal.read_bytes()[:32] if wal.exists() else b""
+    return int.from_bytes(header[12:16], "big") if len(header) == 32 else 0
+
+
+async def test_the_wal_starts_over_under_a_steady_stream_of_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PASSIVE checkpoint never catches up with writes that never pause, so the WAL only grew (330 MB
+    in 8 s of POST + HEAD); the runner's checkpoint ends with a RESTART and the file is cut back."""
+    monkeypatch.setattr(statements, "CHECKPOINT_EVERY", 0.05)
+    monkeypatch.setattr(statements, "WAL_SIZE_LIMIT", 256 * 1024)
+    database = tmp_path / "steady.sqlite"
+    runner = statements.SqliteRunner(str(database))
+    wal = Path(f"{database}-wal")
+    try:
+        await runner.run(sa.text("CREATE TABLE item (id INTEGER PRIMARY KEY, body TEXT)"))
+        filler = "x" * 2000  # about half a page: each commit appends a frame or two to the WAL
+        restarts_seen = {_wal_restarts(wal)}
+        written = 0
+        deadline = time.monotonic() + 20
+        while len(restarts_seen) < 4 and time.monotonic() < deadline:
+            await runner.run(sa.text("INSERT INTO item (body) VALUES (:body)"), {"body": filler})
+            written += len(filler)
+            await asyncio.sleep(0)  # as between requests: the checkpointer gets its turn, writes go on
+            if written % (200 * len(filler)) == 0:
+                restarts_seen.add(_wal_restarts(wal))
+        assert len(restarts_seen) >= 4, f"the WAL never started over: {restarts_seen} after {written} bytes"
+        assert wal.stat().st_size < 2 * 1024 * 1024
+    finally:
+        await runner.close()
