@@ -233,6 +233,32 @@ def test_every_family_of_the_issue_is_exposed(start: Callable[..., ServerProcess
     assert expected - exposed == set()
 
 
+def test_requests_leave_nothing_for_the_garbage_collector(start: Callable[..., ServerProcess]) -> None:
+    """Each request's objects are freed by reference counting as it ends; none is left in a reference
+    cycle that only the garbage collector frees. (One cycle a request, through the interim-response
+    sender, made the collector run every 50 requests: 4 % of small requests' CPU, 30 ms pauses.)"""
+    server = start()
+    root = _root(server)
+    with httpx.Client() as client:
+        requests = 0
+        before = scrape(root)
+        for _ in range(150):
+            url = client.post(server.url, headers={**TUS, "Upload-Length": "3"}).headers["Location"]
+            assert client.head(url, headers=TUS).status_code == 200
+            patched = client.patch(url, content=b"abc", headers={**OCTETS, "Upload-Offset": "0"})
+            assert patched.status_code == 204
+            assert client.options(server.url).status_code in (200, 204)
+            requests += 4
+        after = scrape(root)
+
+    def total(name: str) -> float:
+        return sum(_delta(after, before, name, generation=generation) for generation in "012")
+
+    collected, runs = total("python_gc_objects_collected_total"), total("python_gc_collections_total")
+    assert collected < requests / 10, f"{collected:.0f} freed by {runs:.0f} collections, {requests} requests"
+    assert value(after, "process_resident_memory_bytes") > 0
+
+
 def test_storage_errors_are_their_own_cause() -> None:
     assert failure_cause(StorageUnavailable("EIO")) == "storage"
     assert failure_cause(UploadDataLost("gone")) == "storage"

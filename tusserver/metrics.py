@@ -19,7 +19,9 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     Histogram,
+    ProcessCollector,
     disable_created_metrics,
     generate_latest,
 )
@@ -32,6 +34,9 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 MULTIPROCESS = MULTIPROC_ENV in os.environ
 """Chosen once, at import: prometheus-client picks its value store the same way."""
 _REGISTRY = None if MULTIPROCESS else CollectorRegistry(auto_describe=True)
+if _REGISTRY is not None:  # the standard `process_*` and `python_gc_*` series (one process only)
+    ProcessCollector(registry=_REGISTRY)
+    GCCollector(registry=_REGISTRY)
 disable_created_metrics()  # type: ignore[no-untyped-call]  # no `_created` series beside each counter: they double the output for nothing
 
 _FAST = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
