@@ -205,6 +205,27 @@ def test_root_path_and_forwarded_headers_shape_upload_urls(tmp_path: Path, datab
         process.stop()
 
 
+def test_forwarded_headers_count_only_behind_a_proxy(tmp_path: Path, database_url: str) -> None:
+    """Without --behind-proxy a client's X-Forwarded-* headers change nothing, even from 127.0.0.1
+    (whom uvicorn would trust by default): not the Location, not the client address in the log."""
+    process = ServerProcess(tmp_path / "data", database_url)
+    process.start()
+    try:
+        forged = {
+            "X-Forwarded-Host": "example.com",
+            "X-Forwarded-Proto": "https",
+            "X-Forwarded-For": "203.0.113.9",
+        }
+        created = httpx.post(process.url, headers={"Tus-Resumable": "1.0.0", "Upload-Length": "1", **forged})
+        assert created.status_code == 201
+        assert created.headers["Location"].startswith(f"http://127.0.0.1:{process.port}/files/")
+    finally:
+        process.stop()
+    request_lines = [line for line in process.log().splitlines() if "method=POST" in line]
+    assert request_lines
+    assert all("client=127.0.0.1:" in line for line in request_lines), request_lines
+
+
 def send_partial_patch(
     server: ServerProcess, upload_url: str, declared: int, sent: bytes, *headers: str
 ) -> None:

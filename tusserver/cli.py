@@ -273,6 +273,9 @@ def _run_uvicorn(settings: Settings) -> None:
         workers=settings.workers if settings.workers > 1 else None,
         log_level=settings.log_level.lower(),
         server_header=False,
+        # uvicorn would otherwise take X-Forwarded-Proto / -For from any client on 127.0.0.1 (its
+        # default trust list): the Location scheme and the logged client, without --behind-proxy
+        proxy_headers=settings.behind_proxy,
         root_path=settings.root_path.rstrip("/"),
         timeout_graceful_shutdown=int(settings.shutdown_timeout),
         http=InterimHttpToolsProtocol,  # 431 / 408 on request heads (limits from the environment above), 104s
