@@ -207,23 +207,25 @@ def test_root_path_and_forwarded_headers_shape_upload_urls(tmp_path: Path, datab
 
 def test_forwarded_headers_count_only_behind_a_proxy(tmp_path: Path, database_url: str) -> None:
     """Without --behind-proxy a client's X-Forwarded-* headers change nothing, even from 127.0.0.1
-    (whom uvicorn would trust by default): not the Location, not the client address in the log."""
-    process = ServerProcess(tmp_path / "data", database_url)
-    process.start()
-    try:
-        forged = {
-            "X-Forwarded-Host": "example.com",
-            "X-Forwarded-Proto": "https",
-            "X-Forwarded-For": "203.0.113.9",
-        }
-        created = httpx.post(process.url, headers={"Tus-Resumable": "1.0.0", "Upload-Length": "1", **forged})
-        assert created.status_code == 201
-        assert created.headers["Location"].startswith(f"http://127.0.0.1:{process.port}/files/")
-    finally:
-        process.stop()
-    request_lines = [line for line in process.log().splitlines() if "method=POST" in line]
-    assert request_lines
-    assert all("client=127.0.0.1:" in line for line in request_lines), request_lines
+    (whom uvicorn would trust by default): not the Location, not the client address in the log.
+    With it, they give both (X-Forwarded-For from a proxy on 127.0.0.1, uvicorn's default list)."""
+    forged = {"X-Forwarded-Host": "example.com", "X-Forwarded-Proto": "https"}
+    forged.update({"X-Forwarded-For": "203.0.113.9", "Tus-Resumable": "1.0.0", "Upload-Length": "1"})
+    for flags, location, client in (
+        ([], "http://127.0.0.1:{port}/files/", "client=127.0.0.1:"),
+        (["--behind-proxy"], "https://example.com/files/", "client=203.0.113.9:"),
+    ):
+        process = ServerProcess(tmp_path / f"data{len(flags)}", database_url, flags)
+        process.start()
+        try:
+            created = httpx.post(process.url, headers=forged)
+            assert created.status_code == 201
+            assert created.headers["Location"].startswith(location.format(port=process.port))
+        finally:
+            process.stop()
+        request_lines = [line for line in process.log().splitlines() if "method=POST" in line]
+        assert request_lines
+        assert all(client in line for line in request_lines), request_lines
 
 
 def send_partial_patch(
