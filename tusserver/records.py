@@ -79,18 +79,13 @@ _PROGRESS = {
     )
 }  # fmt: skip
 _COMMIT_WHERE = (_ID, _t.offset == _p("old_offset"), _t.lock_owner == _p("holder"))
+# No RETURNING: the new state is the one this instance computed; only whether the row matched counts.
 _COMMIT_RELEASE = (
     sa.update(upload_table)
     .where(*_COMMIT_WHERE)
     .values(**_PROGRESS, lock_owner=None, lock_expires_at=None, release_requested=False)
-    .returning(*_UPLOAD_COLUMNS)
 )
-_COMMIT_KEEP = (
-    sa.update(upload_table)
-    .where(*_COMMIT_WHERE)
-    .values(**_PROGRESS, lock_expires_at=_TTL)
-    .returning(*_UPLOAD_COLUMNS)
-)
+_COMMIT_KEEP = sa.update(upload_table).where(*_COMMIT_WHERE).values(**_PROGRESS, lock_expires_at=_TTL)
 _ALL = {column.name: _set(column.name) for column in upload_table.c}
 _INSERT = sa.insert(upload_table).values(**_ALL)
 _INSERT_LEASED = sa.insert(upload_table).values(**{**_ALL, "lock_expires_at": _TTL})
