@@ -235,6 +235,22 @@ def test_a_head_not_complete_within_the_header_timeout_gets_408(tmp_path: Path) 
             connection.assert_closed(timeout=2)
             assert 0.9 <= time.monotonic() - started < 4
 
+        # ... also when the stalled head begins in the read that ends the first request's body.
+        with connect(server) as connection:
+            post = (
+                f"POST /files/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nTus-Resumable: 1.0.0\r\n"
+                "Upload-Length: 5\r\nContent-Type: application/offset+octet-stream\r\n"
+                "Content-Length: 5\r\n\r\n"
+            ).encode()
+            connection.sendall(post)
+            connection.assert_silent(during=0.3)  # the head is in; the body is awaited
+            started = time.monotonic()
+            connection.sendall(b"hello" + options[:10])
+            assert connection.response()[0].startswith("HTTP/1.1 201")
+            assert connection.response(timeout=5)[0].startswith("HTTP/1.1 408")
+            connection.assert_closed(timeout=2)
+            assert 0.9 <= time.monotonic() - started < 4
+
 
 def test_a_slow_body_is_not_cut_by_the_header_timeout(tmp_path: Path) -> None:
     with running(tmp_path, "--header-timeout", "1") as server:

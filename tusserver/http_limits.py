@@ -20,7 +20,7 @@ This module owns two of the three abuse limits (`--max-concurrency` is uvicorn's
 Both answers are a short `text/plain` text with `Connection: close` (after the responses to earlier
 pipelined requests, if any are still going out); the connection is then half-closed and what the
 client still sends is dropped for a moment before closing, so that a client still sending reads the
-answer instead of a reset. Once a head is complete nothing here runs per read but one flag test:
+answer instead of a reset. Once a head is complete nothing here runs per read but two flag tests:
 request bodies stream through uvicorn's path untouched (their stalls are `--network-timeout`'s
 business, in the app).
 
@@ -116,6 +116,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._head_complete:  # the body of a request: straight through, as uvicorn has it
             super().data_received(data)
+            if self._head_begun:
+                self._start_head_timer()  # the read ended the body and began the next request's head
             return
         self._head_data_received(data)
 
