@@ -18,6 +18,7 @@ from tests.conftest import app_client
 from tests.helpers import create
 from tusserver import Settings, statements
 from tusserver.database import make_engine
+from tusserver.errors import ServiceUnavailable
 from tusserver.records import UploadRecords
 
 pytestmark = pytest.mark.anyio
@@ -80,4 +81,58 @@ async def test_the_wal_starts_over_under_a_steady_stream_of_writes(
         assert max(sizes) > limit
         assert min(shrunk) <= limit + 64 * 1024
     finally:
+        await runner.close()
+
+
+async def test_a_database_another_process_holds_is_waited_for_off_the_loop(tmp_path: Path) -> None:
+    """Another process's write lock (`--workers`, `tusserver cleanup`): the statement is retried
+    with `asyncio.sleep` until the lock is free, while other requests go on (the loop never sleeps
+    inside SQLite)."""
+    database = tmp_path / "shared.sqlite"
+    runner = statements.SqliteRunner(str(database))
+    holder = sqlite3.connect(database, isolation_level=None)
+    ticks = 0
+
+    async def other_requests() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.001)
+            ticks += 1
+
+    try:
+        await runner.run(sa.text("CREATE TABLE item (id INTEGER PRIMARY KEY)"))
+        holder.execute("BEGIN IMMEDIATE")  # the write lock, as another process's transaction
+        asyncio.get_running_loop().call_later(0.05, holder.commit)
+        ticking = asyncio.create_task(other_requests())
+        started = time.monotonic()
+        await runner.run(sa.text("INSERT INTO item (id) VALUES (1)"))
+        waited = time.monotonic() - started
+        ticking.cancel()
+        assert 0.04 <= waited < 1.0
+        assert ticks >= 10, ticks  # the loop served others while the statement waited
+        assert (await runner.run(sa.text("SELECT count(*) FROM item"))).rows[0][0] == 1
+    finally:
+        holder.close()
+        await runner.close()
+
+
+async def test_a_database_locked_for_too_long_answers_503(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(statements, "BUSY_PATIENCE", 0.3)
+    database = tmp_path / "stuck.sqlite"
+    runner = statements.SqliteRunner(str(database))
+    holder = sqlite3.connect(database, isolation_level=None)
+    try:
+        await runner.run(sa.text("CREATE TABLE item (id INTEGER PRIMARY KEY)"))
+        holder.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        with pytest.raises(ServiceUnavailable) as refused:
+            await runner.run(sa.text("INSERT INTO item (id) VALUES (1)"))
+        assert 0.3 <= time.monotonic() - started < 1.0
+        assert refused.value.status == 503
+        assert refused.value.headers["Retry-After"] == statements.RETRY_AFTER_SECONDS
+    finally:
+        holder.rollback()
+        holder.close()
         await runner.close()
