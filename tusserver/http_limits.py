@@ -116,10 +116,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._head_complete:  # the body of a request: straight through, as uvicorn has it
             super().data_received(data)
-            if self._head_begun:
-                self._start_head_timer()  # the read ended the body and began the next request's head
-            return
-        self._head_data_received(data)
+        else:
+            self._head_data_received(data)
+        if self._head_begun and not self._refused:
+            self._start_head_timer()  # a head began in this read (after a body, or alone) and did not end
 
     def _head_data_received(self, data: bytes) -> None:
         if self._refused:
@@ -131,8 +131,6 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if len(data) <= room:
             self._head_bytes += len(data)
             super().data_received(data)
-            if self._head_begun:
-                self._start_head_timer()  # a head that did not end within this read
             return
         # This read goes past the limit if the head does not end within the room left: feed that much,
         # then the rest only if the head did end (the rest is body, or the next pipelined request).
@@ -146,15 +144,13 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(431, f"request line and headers exceed {self.max_head_size} bytes")
             return
         super().data_received(data[room:])
-        if self._head_begun:
-            self._start_head_timer()
 
     # Parser callbacks (httptools calls them from within `feed_data`)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         # The first byte of a request (on a kept-alive connection: uvicorn's idle timer has stopped).
-        # Its timer starts only if the head does not end within this read (`_head_data_received`):
+        # Its timer starts only if the head does not end within this read (`data_received`):
         # most heads arrive whole, and a timer set and cancelled for each cost 2 µs a request.
         self._head_begun = True
 
