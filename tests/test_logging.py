@@ -4,7 +4,12 @@ in the response); upload URLs with their host never reach the log; the text form
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
+import logging
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +20,7 @@ from tests.conftest import app_client
 from tests.helpers import BASE
 from tests.servers import ServerProcess
 from tusserver import Settings
+from tusserver.logs import BatchedLines, TextFormatter
 
 TUS = {"Tus-Resumable": "1.0.0"}
 OCTETS = {**TUS, "Content-Type": "application/offset+octet-stream"}
@@ -93,3 +99,82 @@ async def test_browsers_can_read_the_request_id(tmp_path: Path) -> None:
     assert answer.status_code == 201
     assert "X-Request-ID" in answer.headers["Access-Control-Expose-Headers"]
     assert answer.headers["X-Request-ID"]
+
+
+class _CountingStream(io.StringIO):
+    """A stream that remembers each write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+
+def _record(message: str, created: float = 1_764_000_000.25) -> logging.LogRecord:
+    record = logging.LogRecord("tusserver.test", logging.INFO, __file__, 1, message, (), None)
+    record.created, record.msecs = created, 250.0
+    return record
+
+
+@pytest.mark.anyio
+async def test_lines_logged_in_one_turn_of_the_loop_are_written_together() -> None:
+    stream = _CountingStream()
+    handler = BatchedLines(stream)
+    for number in range(3):
+        handler.handle(_record(f"line {number}"))
+    assert stream.writes == []  # not yet: the loop has not come round
+    await asyncio.sleep(0)
+    assert stream.writes == ["line 0\nline 1\nline 2\n"]
+    handler.handle(_record("line 3"))
+    await asyncio.sleep(0)
+    assert stream.writes[1:] == ["line 3\n"]
+
+
+def test_lines_left_by_a_loop_that_ended_are_written_by_the_next() -> None:
+    stream = _CountingStream()
+    handler = BatchedLines(stream)
+
+    async def log_and_leave(message: str) -> None:
+        handler.handle(_record(message))
+
+    def log_and_stop() -> None:
+        handler.handle(_record("first"))
+        loop.stop()  # this turn is the loop's last: the write it scheduled never runs
+
+    loop = asyncio.new_event_loop()
+    loop.call_soon(log_and_stop)
+    loop.run_forever()
+    loop.close()
+    assert stream.writes == []
+    asyncio.run(log_and_leave("second"))
+    assert stream.writes == ["first\nsecond\n"]
+
+
+def test_lines_logged_off_the_loop_are_written_at_once() -> None:
+    stream = _CountingStream()
+    handler = BatchedLines(stream)
+    worker = threading.Thread(target=handler.handle, args=(_record("from a thread"),))
+    worker.start()
+    worker.join()
+    handler.handle(_record("no loop here"))
+    assert stream.writes == ["from a thread\n", "no loop here\n"]
+
+
+def test_text_lines_match_the_standard_format() -> None:
+    standard = logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+    ours = TextFormatter()
+    for created in (1_764_000_000.25, 1_764_000_000.999, 1_764_000_001.0):
+        record = _record("upload_created upload_id=abc", created)
+        record.msecs = (created - int(created)) * 1000
+        assert ours.format(record) == standard.format(record)
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        failed = logging.LogRecord("t", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    failed.request_id = "r-1"
+    lines = ours.format(failed).splitlines()
+    assert lines[0].endswith("ERROR t failed request_id=r-1")
+    assert lines[-1] == "ValueError: boom"
