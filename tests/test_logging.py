@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +152,23 @@ def test_lines_left_by_a_loop_that_ended_are_written_by_the_next() -> None:
     assert stream.writes == []
     asyncio.run(log_and_leave("second"))
     assert stream.writes == ["first\nsecond\n"]
+
+
+def test_lines_still_waiting_at_exit_are_written() -> None:
+    stream = _CountingStream()
+    handler = BatchedLines(stream)
+
+    def log_and_stop() -> None:
+        handler.handle(_record("last words"))
+        loop.stop()
+
+    loop = asyncio.new_event_loop()
+    loop.call_soon(log_and_stop)
+    loop.run_forever()
+    loop.close()
+    assert stream.writes == []
+    logging.shutdown([weakref.ref(handler)])  # what the interpreter runs at exit
+    assert stream.writes == ["last words\n"]
 
 
 def test_lines_logged_off_the_loop_are_written_at_once() -> None:
