@@ -1,9 +1,11 @@
 """Where hooks meet the write path's edges: an ID a pre-create hook picks that is taken, a
-post-receive stop during creation-with-upload, and an IETF creation whose last commit fails."""
+post-receive stop during creation-with-upload, an IETF creation whose last commit fails, and Python
+hooks that fail or hang (503 + Retry-After, as an HTTP hook receiver that fails)."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -31,6 +33,23 @@ class StopAtFirstProgress:
 
     async def post_receive(self, event: HookEvent) -> HookAnswer:
         return HookAnswer(stop=bool(event.upload.offset), status=403, body="quota exceeded")
+
+
+class Broken:
+    """Blocking hooks with a bug (pre-create) and one that hangs (pre-terminate)."""
+
+    def __init__(self) -> None:
+        self.hanging = asyncio.Event()
+
+    async def pre_create(self, event: HookEvent) -> HookAnswer:
+        if event.metadata.get("broken"):
+            raise RuntimeError("a bug in the hook")
+        return HookAnswer()
+
+    async def pre_terminate(self, event: HookEvent) -> HookAnswer:
+        self.hanging.set()
+        await asyncio.sleep(60)
+        return HookAnswer()
 
 
 def _app(settings: Settings, hooks: object) -> AppClient:
@@ -102,3 +121,26 @@ async def test_an_ietf_creation_whose_commit_failed_is_not_declared_complete(
         assert (created.headers["Upload-Offset"], created.headers["Upload-Complete"]) == ("0", "?0")
         head = await client.head(created.headers["Location"], headers={"Upload-Draft-Interop-Version": "8"})
         assert (head.headers["Upload-Offset"], head.headers["Upload-Complete"]) == ("0", "?0")
+
+
+async def test_python_hooks_that_fail_or_hang_answer_503_and_change_nothing(
+    tmp_path: Path, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = Settings(data_dir=tmp_path / "data", database_url=database_url, hook_timeout=0.5)
+    hooks = Broken()
+    async with _app(settings, hooks) as client:
+        before = upload_ids(database_url)
+        failed = await client.post(BASE, headers={"Upload-Length": "3", "Upload-Metadata": "broken eWVz"})
+        assert (failed.status_code, failed.headers.get("Retry-After")) == (503, "5")
+        assert "pre-create hook failed" in failed.text
+        assert upload_ids(database_url) == before
+        created = await client.post(BASE, headers={"Upload-Length": "3"})
+        assert created.status_code == 201
+        started = time.monotonic()
+        hung = await client.delete(created.headers["Location"])
+        assert hooks.hanging.is_set()
+        assert (hung.status_code, hung.headers.get("Retry-After")) == (503, "5")
+        assert time.monotonic() - started < 5  # --hook-timeout, not the hook's minute
+        assert "did not answer in time" in hung.text
+        assert (await client.head(created.headers["Location"])).status_code == 200  # not deleted
+    assert any("hook_failed type=pre-create" in r.getMessage() and r.exc_info for r in caplog.records)

@@ -1,11 +1,14 @@
-"""The finish hook: fired exactly once per upload, never failing or delaying the response."""
+"""The finish hook: fired once per upload (at least once across crashes), signed with `--hooks-secret`,
+never failing or delaying the response."""
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -16,7 +19,7 @@ from tests import hook_recorder
 from tests.conftest import AppClient, app_client
 from tests.helpers import BASE, create, patch
 from tusserver import HookAnswer, HookEvent, HookRejected, Settings, create_app
-from tusserver.hooks import load_callable
+from tusserver.hooks import load_callable, signature
 
 pytestmark = pytest.mark.anyio
 
@@ -26,13 +29,17 @@ class WebhookReceiver:
 
     def __init__(self, status: int = 200) -> None:
         self.bodies: list[dict[str, object]] = []
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        """Each request's headers and raw body."""
         self.arrived = threading.Event()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 length = int(self.headers["Content-Length"])
-                receiver.bodies.append(json.loads(self.rfile.read(length)))
+                raw = self.rfile.read(length)
+                receiver.requests.append((dict(self.headers.items()), raw))
+                receiver.bodies.append(json.loads(raw))
                 self.send_response(status)
                 self.end_headers()
                 receiver.arrived.set()
@@ -122,6 +129,24 @@ async def test_webhook_receives_json_once(
     assert upload["length"] == 2
     assert upload["metadata"] == {"filename": "a.txt"}
     assert upload["storage"]["type"] == "local"
+    headers, _ = receiver.requests[0]
+    assert headers["Tusserver-Event-Id"] == body["event_id"]
+    assert "Tusserver-Signature" not in headers  # no --hooks-secret
+
+
+async def test_webhook_requests_are_signed_with_the_hooks_secret(
+    tmp_path: Path, database_url: str, receiver: WebhookReceiver
+) -> None:
+    settings = hooked(tmp_path, database_url, webhook_url=receiver.url, hooks_secret="s3cret")
+    async with app_client(settings) as client:
+        path = await create(client, 1)
+        assert (await patch(client, path, 0, b"x")).status_code == 204
+        await wait_for(lambda: receiver.requests)
+    headers, raw = receiver.requests[0]
+    fields = dict(part.split("=", 1) for part in headers["Tusserver-Signature"].split(","))
+    assert hmac.compare_digest(fields["v1"], signature("s3cret", fields["t"], raw))
+    assert abs(int(fields["t"]) - time.time()) < 60
+    assert signature("other", fields["t"], raw) != fields["v1"]
 
 
 async def test_slow_hook_does_not_delay_the_response(tmp_path: Path, database_url: str) -> None:

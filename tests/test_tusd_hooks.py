@@ -22,7 +22,7 @@ from tests.conftest import new_postgres_database
 from tests.helpers import upload_ids
 from tests.hook_receiver import HookReceiver
 from tests.servers import REPO_ROOT, ServerProcess
-from tusserver.tusd_hooks import signature
+from tusserver.hooks import signature
 
 TUS = {"Tus-Resumable": "1.0.0"}
 OCTETS = {**TUS, "Content-Type": "application/offset+octet-stream"}
@@ -89,7 +89,7 @@ def receiver() -> Iterator[HookReceiver]:
     receiver.close()
 
 
-AUTH = {"Authorization": "Bearer good"}
+AUTH = {"Authorization": "Bearer good", "Cookie": "session=s1", "Proxy-Authorization": "Basic eDp5"}
 
 
 def test_a_tusd_receiver_works_unchanged(tmp_path: Path, database_url: str, receiver: HookReceiver) -> None:
@@ -143,13 +143,19 @@ def test_a_tusd_receiver_works_unchanged(tmp_path: Path, database_url: str, rece
     assert event["HTTPRequest"]["Method"] == "PATCH"
     assert event["HTTPRequest"]["URI"] == f"/files/{upload_id}"
     assert event["HTTPRequest"]["RemoteAddr"].startswith("127.0.0.1:")
-    assert "Authorization" not in event["HTTPRequest"]["Header"]  # no secrets rest in the outbox
+    stored_headers = {name.lower() for name in event["HTTPRequest"]["Header"]}
+    assert not stored_headers & {
+        "authorization",
+        "cookie",
+        "proxy-authorization",
+    }  # no secrets rest in the outbox
     assert [item.upload["ID"] for item in receiver.of_type("post-terminate")] == [upload_id]
     created = {item.upload["ID"] for item in receiver.of_type("post-create")}
     assert upload_id in created
     pre_create = receiver.of_type("pre-create")[0].body["Event"]
     assert pre_create["Upload"]["ID"] == ""  # not chosen yet, as in tusd
     assert pre_create["HTTPRequest"]["Header"]["Authorization"] == ["Bearer good"]  # blocking hooks see all
+    assert pre_create["HTTPRequest"]["Header"]["Cookie"] == ["session=s1"]
 
 
 def test_every_hook_request_is_signed(tmp_path: Path, database_url: str, receiver: HookReceiver) -> None:

@@ -17,8 +17,11 @@ Post-finish is not sent for partial uploads of a concatenation (only for the fin
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import importlib
 import inspect
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -27,10 +30,10 @@ from math import inf
 from typing import TYPE_CHECKING, Any, Protocol
 
 from tusserver.core import FinishEvent, Upload
-from tusserver.errors import TusError
+from tusserver.errors import ServiceUnavailable, TusError
 from tusserver.events import DURABLE, EventType, RequestInfo, event_payload, finish_event
 from tusserver.outbox import Dispatcher, Sink, insert_step
-from tusserver.statements import Step
+from tusserver.statements import RETRY_AFTER_SECONDS, Step
 
 if TYPE_CHECKING:
     import httpx
@@ -100,18 +103,42 @@ class CallableSink:
             await result
 
 
-class WebhookSink:
-    """`--webhook-url`: tusserver's own JSON (`FinishEvent.as_json`) plus the event ID, POSTed."""
+EVENT_ID_HEADER = "Tusserver-Event-Id"
+SIGNATURE_HEADER = "Tusserver-Signature"
 
-    def __init__(self, url: str, timeout: float) -> None:
+
+def signature(secret: str, timestamp: str, body: bytes) -> str:
+    """The `v1` value of the signature header: HMAC-SHA256 over `<timestamp>.<body>`, hex."""
+    return hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+def request_headers(event_id: str, body: bytes, secret: str | None) -> dict[str, str]:
+    """The headers of a hook request (`--hooks-http` and `--webhook-url` alike): JSON, the event's
+    stable ID, and with `--hooks-secret` the signature of exactly these body bytes."""
+    headers = {"Content-Type": "application/json", EVENT_ID_HEADER: event_id}
+    if secret:
+        timestamp = str(int(time.time()))
+        headers[SIGNATURE_HEADER] = f"t={timestamp},v1={signature(secret, timestamp, body)}"
+    return headers
+
+
+class WebhookSink:
+    """`--webhook-url`: tusserver's own JSON (`FinishEvent.as_json`) plus the event ID, POSTed (and
+    signed with `--hooks-secret`)."""
+
+    def __init__(self, url: str, timeout: float, secret: str | None = None) -> None:
         import httpx  # loaded only when a webhook is configured
 
         self._url = url
+        self._secret = secret
         self._client: httpx.AsyncClient = httpx.AsyncClient(timeout=timeout)
 
     async def deliver(self, payload: Mapping[str, Any]) -> None:
-        body = {**finish_event(payload).as_json(), "event_id": payload["EventID"]}
-        response = await self._client.post(self._url, json=body, headers={"Tus-Event-Id": payload["EventID"]})
+        event_id = str(payload["EventID"])
+        body = json.dumps({**finish_event(payload).as_json(), "event_id": event_id}).encode()
+        headers = request_headers(event_id, body, self._secret)
+        headers["Tus-Event-Id"] = event_id  # the name earlier releases sent
+        response = await self._client.post(self._url, content=body, headers=headers)
         response.raise_for_status()
 
     async def aclose(self) -> None:
@@ -136,14 +163,33 @@ class PythonHooks:
     """`--hooks-python package.module:object`: an object with a method per event it wants, named
     after the event (`pre_create`, `post_finish`, ...), sync (run in a worker thread) or async. A
     blocking method refuses by returning `HookAnswer(reject=True, ...)` or raising `HookRejected`;
-    pre-create may return `HookAnswer(new_id=..., new_metadata=..., owner=...)`."""
+    pre-create may return `HookAnswer(new_id=..., new_metadata=..., owner=...)`.
 
-    def __init__(self, target: object) -> None:
+    A blocking method that raises anything else, or takes longer than `timeout` seconds
+    (`--hook-timeout`), answers the request `503` + `Retry-After`, as an HTTP hook receiver that
+    fails or does not answer in time does; the error is logged with its traceback."""
+
+    def __init__(self, target: object, timeout: float | None = None) -> None:
         self._target = target
+        self._timeout = timeout
         self.events = frozenset(kind for kind in EventType if callable(getattr(target, _method(kind), None)))
 
     async def call(self, kind: EventType, payload: Mapping[str, Any]) -> HookAnswer:
-        answer = await self._invoke(kind, payload)
+        upload_id = payload["Upload"]["ID"] or "-"
+        try:
+            answer = await asyncio.wait_for(self._invoke(kind, payload), self._timeout)
+        except TusError:
+            raise  # HookRejected, or an answer the hook chose
+        except TimeoutError:
+            log.warning("hook_timeout type=%s upload_id=%s timeout_s=%g", kind, upload_id, self._timeout)
+            raise ServiceUnavailable(
+                f"the {kind} hook did not answer in time, retry later", {"Retry-After": RETRY_AFTER_SECONDS}
+            ) from None
+        except Exception:
+            log.exception("hook_failed type=%s upload_id=%s", kind, upload_id)
+            raise ServiceUnavailable(
+                f"the {kind} hook failed, retry later", {"Retry-After": RETRY_AFTER_SECONDS}
+            ) from None
         return answer if isinstance(answer, HookAnswer) else HookAnswer()
 
     async def deliver(self, payload: Mapping[str, Any]) -> None:
@@ -350,14 +396,15 @@ def parse_events(text: str) -> frozenset[EventType]:
 
 
 def finish_routes(
-    on_finish: FinishFunction | None, webhook_url: str | None, timeout: float
+    on_finish: FinishFunction | None, webhook_url: str | None, timeout: float, secret: str | None = None
 ) -> dict[str, Route]:
     """The `--on-finish` and `--webhook-url` shortcuts, as post-finish receivers on the outbox."""
     routes: dict[str, Route] = {}
     if on_finish is not None:
         routes["on-finish"] = Route(CallableSink(on_finish), frozenset({EventType.POST_FINISH}))
     if webhook_url:
-        routes["webhook"] = Route(WebhookSink(webhook_url, timeout), frozenset({EventType.POST_FINISH}))
+        sink = WebhookSink(webhook_url, timeout, secret)
+        routes["webhook"] = Route(sink, frozenset({EventType.POST_FINISH}))
     return routes
 
 

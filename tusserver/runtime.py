@@ -49,7 +49,7 @@ def build_hooks(settings: Settings, python_hooks: object | None = None) -> Hooks
     """The configured hooks (plus `python_hooks`, an embedder's object); raises ValueError at
     start-up for a callable or object that cannot be loaded or an unknown event name."""
     on_finish = load_callable(settings.on_finish) if settings.on_finish else None
-    routes = finish_routes(on_finish, settings.webhook_url, settings.hook_timeout)
+    routes = finish_routes(on_finish, settings.webhook_url, settings.hook_timeout, settings.hooks_secret)
     blocking: list[tuple[BlockingHooks, frozenset[EventType]]] = []
     progress: list[BlockingHooks] = []
     if settings.hooks_http:
@@ -67,7 +67,7 @@ def build_hooks(settings: Settings, python_hooks: object | None = None) -> Hooks
     if python_hooks is None and settings.hooks_python:
         python_hooks = load_object(settings.hooks_python)
     if python_hooks is not None:
-        python = PythonHooks(python_hooks)
+        python = PythonHooks(python_hooks, settings.hook_timeout)
         if python.events & DURABLE:
             routes["python"] = Route(python, python.events & DURABLE)
         blocking.append((python, python.events & BLOCKING))

@@ -18,11 +18,8 @@ copied onto the hook request (tusd's flag of the same name).
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,21 +27,14 @@ import httpx
 
 from tusserver.errors import ServiceUnavailable
 from tusserver.events import EventType, tusd_body
-from tusserver.hooks import HookAnswer
+from tusserver.hooks import HookAnswer, request_headers
 from tusserver.statements import RETRY_AFTER_SECONDS
 
 log = logging.getLogger(__name__)
-EVENT_ID_HEADER = "Tusserver-Event-Id"
-SIGNATURE_HEADER = "Tusserver-Signature"
 
 
 class HookFailed(Exception):
     """The receiver could not be reached or did not answer 2xx."""
-
-
-def signature(secret: str, timestamp: str, body: bytes) -> str:
-    """The `v1` value of the signature header: HMAC-SHA256 over `<timestamp>.<body>`, hex."""
-    return hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
 
 
 class TusdHttpHooks:
@@ -72,14 +62,11 @@ class TusdHttpHooks:
 
     async def _post(self, payload: Mapping[str, Any]) -> httpx.Response:
         body = json.dumps(tusd_body(payload)).encode()
-        headers = {"Content-Type": "application/json", EVENT_ID_HEADER: str(payload["EventID"])}
-        request_headers = {name.lower(): values for name, values in payload["HTTPRequest"]["Header"].items()}
+        headers = request_headers(str(payload["EventID"]), body, self._secret)
+        sent_with = {name.lower(): values for name, values in payload["HTTPRequest"]["Header"].items()}
         for name in self._forward:
-            if request_headers.get(name):
-                headers[name] = ", ".join(request_headers[name])
-        if self._secret:
-            timestamp = str(int(time.time()))
-            headers[SIGNATURE_HEADER] = f"t={timestamp},v1={signature(self._secret, timestamp, body)}"
+            if sent_with.get(name):
+                headers[name] = ", ".join(sent_with[name])
         try:
             response = await self._client.post(self._url, content=body, headers=headers)
         except httpx.HTTPError as exc:
