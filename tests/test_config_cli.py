@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,6 +41,30 @@ def test_defaults_are_the_embedded_setup() -> None:
     assert settings.data_dir == Path("data")
     assert settings.resolved_database_url == "sqlite:///data/tusserver.db"
     assert settings.max_size is None
+
+
+def test_the_readme_lists_every_serve_flag_with_its_environment_variable() -> None:
+    """Each `serve` option is a row of the README's table with its `TUSSERVER_*` twin (which
+    `Settings.from_env` reads), and each row of that table is a real option."""
+    serve = next(
+        action.choices["serve"]
+        for action in build_parser()._actions
+        if isinstance(action, argparse._SubParsersAction)
+    )
+    flags = {
+        option: action.dest
+        for action in serve._actions
+        for option in action.option_strings
+        if option.startswith("--") and option != "--help"
+    }
+    readme = (REPO_ROOT / "README.md").read_text()
+    rows = dict(re.findall(r"^\| `(--[a-z0-9-]+)` \| `(TUSSERVER_[A-Z0-9_]+)` \|", readme, re.MULTILINE))
+    assert set(rows) == set(flags)
+    for option, dest in flags.items():
+        assert rows[option] == "TUSSERVER_" + dest.upper(), option
+    every = Settings().to_env()
+    assert {rows[option] for option in flags} <= set(every)
+    assert Settings.from_env(every) == Settings()
 
 
 def test_every_flag_has_an_environment_twin() -> None:
