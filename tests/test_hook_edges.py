@@ -5,6 +5,7 @@ hooks that fail or hang (503 + Retry-After, as an HTTP hook receiver that fails)
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from tests.conftest import AppClient
 from tests.helpers import BASE, patch, upload_ids
 from tusserver import HookAnswer, HookEvent, Settings, create_app
+from tusserver import hooks as hooks_module
 from tusserver.errors import ServiceUnavailable
 from tusserver.records import UploadRecords
 
@@ -49,6 +51,24 @@ class Broken:
     async def pre_terminate(self, event: HookEvent) -> HookAnswer:
         self.hanging.set()
         await asyncio.sleep(60)
+        return HookAnswer()
+
+
+class SyncHooks:
+    """Sync blocking hooks: pre-terminate hangs until released; pre-create meets a timeout of its own."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def pre_create(self, event: HookEvent) -> HookAnswer:
+        if event.metadata.get("slow-backend"):
+            raise TimeoutError("the hook's own call to its backend timed out")
+        return HookAnswer()
+
+    def pre_terminate(self, event: HookEvent) -> HookAnswer:
+        self.entered.set()
+        self.release.wait(30)
         return HookAnswer()
 
 
@@ -144,3 +164,33 @@ async def test_python_hooks_that_fail_or_hang_answer_503_and_change_nothing(
         assert "did not answer in time" in hung.text
         assert (await client.head(created.headers["Location"])).status_code == 200  # not deleted
     assert any("hook_failed type=pre-create" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+async def test_a_sync_hook_past_its_time_keeps_its_thread_and_busy_threads_answer_503_at_once(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(hooks_module, "HOOK_THREADS", 1)
+    settings = Settings(data_dir=tmp_path / "data", database_url=database_url, hook_timeout=0.3)
+    hooks = SyncHooks()
+    async with _app(settings, hooks) as client:
+        own = await client.post(BASE, headers={"Upload-Length": "1", "Upload-Metadata": "slow-backend eWVz"})
+        assert own.status_code == 503
+        assert "hook failed" in own.text  # its own timeout is a failure, not --hook-timeout
+        location = (await client.post(BASE, headers={"Upload-Length": "1"})).headers["Location"]
+        hung = await client.delete(location)
+        assert hooks.entered.is_set()
+        assert (hung.status_code, "did not answer in time" in hung.text) == (503, True)
+        started = time.monotonic()
+        busy = await client.delete(location)  # the one thread still runs the first call
+        assert (busy.status_code, busy.headers.get("Retry-After")) == (503, "5")
+        assert "busy" in busy.text
+        assert time.monotonic() - started < 0.3  # at once, not after --hook-timeout
+        hooks.release.set()
+        for _ in range(200):  # 10 s at most: the thread frees itself once the hook returns
+            answer = await client.delete(location)
+            if answer.status_code != 503:
+                break
+            await asyncio.sleep(0.05)
+        assert answer.status_code == 204
+    failures = [r.getMessage() for r in caplog.records if r.getMessage().startswith("hook_failed")]
+    assert any("type=pre-create" in message for message in failures)

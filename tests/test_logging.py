@@ -8,6 +8,7 @@ import asyncio
 import io
 import json
 import logging
+import select
 import sys
 import threading
 import weakref
@@ -132,6 +133,25 @@ async def test_lines_logged_in_one_turn_of_the_loop_are_written_together() -> No
     handler.handle(_record("line 3"))
     await asyncio.sleep(0)
     assert stream.writes[1:] == ["line 3\n"]
+
+
+@pytest.mark.anyio
+async def test_each_write_is_whole_lines_within_pipe_buf() -> None:
+    """Workers sharing one pipe never tear each other's lines: the kernel keeps a write of at most
+    PIPE_BUF bytes together."""
+    stream = _CountingStream()
+    handler = BatchedLines(stream)
+    lines = [f"request number={number} " + "x" * 200 for number in range(100)]
+    lines[50] = "long " + "y" * (2 * select.PIPE_BUF)
+    lines[60] = "ünïcödé " * 300  # counted in bytes, not characters
+    for line in lines:
+        handler.handle(_record(line))
+    await asyncio.sleep(0)
+    assert len(stream.writes) > 1
+    assert "".join(stream.writes) == "".join(line + "\n" for line in lines)
+    for write in stream.writes:
+        assert write.endswith("\n")
+        assert len(write.encode()) <= select.PIPE_BUF or write.count("\n") == 1
 
 
 def test_lines_left_by_a_loop_that_ended_are_written_by_the_next() -> None:

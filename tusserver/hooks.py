@@ -23,8 +23,10 @@ import importlib
 import inspect
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from math import inf
 from typing import TYPE_CHECKING, Any, Protocol
@@ -103,6 +105,8 @@ class CallableSink:
             await result
 
 
+HOOK_THREADS = 8
+"""Threads for sync `--hooks-python` methods: as many may run at once."""
 EVENT_ID_HEADER = "Tusserver-Event-Id"
 SIGNATURE_HEADER = "Tusserver-Signature"
 
@@ -161,36 +165,54 @@ class HookEvent:
 
 class PythonHooks:
     """`--hooks-python package.module:object`: an object with a method per event it wants, named
-    after the event (`pre_create`, `post_finish`, ...), sync (run in a worker thread) or async. A
-    blocking method refuses by returning `HookAnswer(reject=True, ...)` or raising `HookRejected`;
-    pre-create may return `HookAnswer(new_id=..., new_metadata=..., owner=...)`.
+    after the event (`pre_create`, `post_finish`, ...), sync or async. A blocking method refuses by
+    returning `HookAnswer(reject=True, ...)` or raising `HookRejected`; pre-create may return
+    `HookAnswer(new_id=..., new_metadata=..., owner=...)`.
 
     A blocking method that raises anything else, or takes longer than `timeout` seconds
     (`--hook-timeout`), answers the request `503` + `Retry-After`, as an HTTP hook receiver that
-    fails or does not answer in time does; the error is logged with its traceback."""
+    fails or does not answer in time does; the error is logged with its traceback (a failing
+    post-receive, which is best effort and frequent, with one warning line). Sync methods run in
+    `HOOK_THREADS` threads of their own; a sync method past its time keeps its thread until it
+    returns (Python cannot stop a thread), and while every thread is taken, calls answer 503 at
+    once instead of queueing behind them."""
 
     def __init__(self, target: object, timeout: float | None = None) -> None:
         self._target = target
         self._timeout = timeout
         self.events = frozenset(kind for kind in EventType if callable(getattr(target, _method(kind), None)))
+        self._threads: ThreadPoolExecutor | None = None
+        self._free_threads = threading.BoundedSemaphore(HOOK_THREADS)
 
     async def call(self, kind: EventType, payload: Mapping[str, Any]) -> HookAnswer:
         upload_id = payload["Upload"]["ID"] or "-"
+        deadline = asyncio.timeout(self._timeout)
         try:
-            answer = await asyncio.wait_for(self._invoke(kind, payload), self._timeout)
+            async with deadline:
+                answer = await self._invoke(kind, payload)
         except TusError:
             raise  # HookRejected, or an answer the hook chose
-        except TimeoutError:
-            log.warning("hook_timeout type=%s upload_id=%s timeout_s=%g", kind, upload_id, self._timeout)
+        except TimeoutError as exc:
+            if not deadline.expired():  # the hook's own (a socket timeout inside it, say)
+                raise self._failed(kind, upload_id, exc) from None
+            log.warning("hook_timeout type=%s upload_id=%s timeout_s=%s", kind, upload_id, self._timeout)
             raise ServiceUnavailable(
                 f"the {kind} hook did not answer in time, retry later", {"Retry-After": RETRY_AFTER_SECONDS}
             ) from None
-        except Exception:
-            log.exception("hook_failed type=%s upload_id=%s", kind, upload_id)
-            raise ServiceUnavailable(
-                f"the {kind} hook failed, retry later", {"Retry-After": RETRY_AFTER_SECONDS}
-            ) from None
+        except Exception as exc:
+            raise self._failed(kind, upload_id, exc) from None
         return answer if isinstance(answer, HookAnswer) else HookAnswer()
+
+    def _failed(self, kind: EventType, upload_id: str, exc: Exception) -> ServiceUnavailable:
+        if kind is EventType.POST_RECEIVE:
+            log.warning(
+                "hook_failed type=%s upload_id=%s error=%s: %s", kind, upload_id, type(exc).__name__, exc
+            )
+        else:
+            log.error("hook_failed type=%s upload_id=%s", kind, upload_id, exc_info=exc)
+        return ServiceUnavailable(
+            f"the {kind} hook failed, retry later", {"Retry-After": RETRY_AFTER_SECONDS}
+        )
 
     async def deliver(self, payload: Mapping[str, Any]) -> None:
         await self._invoke(EventType(payload["Type"]), payload)
@@ -200,11 +222,25 @@ class PythonHooks:
         event = hook_event(payload)
         if inspect.iscoroutinefunction(method):
             return await method(event)
-        result = await asyncio.to_thread(method, event)
+        if not self._free_threads.acquire(blocking=False):
+            raise ServiceUnavailable(
+                f"every thread for Python hooks is busy ({HOOK_THREADS}), retry later",
+                {"Retry-After": RETRY_AFTER_SECONDS},
+            )
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(HOOK_THREADS, thread_name_prefix="tusserver-hooks")
+        result = await asyncio.wrap_future(self._threads.submit(self._run_freeing, method, event))
         return await result if inspect.isawaitable(result) else result
 
+    def _run_freeing(self, method: Callable[[HookEvent], object], event: HookEvent) -> object:
+        try:
+            return method(event)
+        finally:
+            self._free_threads.release()
+
     async def aclose(self) -> None:
-        return None
+        if self._threads is not None:
+            self._threads.shutdown(wait=False, cancel_futures=True)
 
 
 def _method(kind: EventType) -> str:

@@ -17,8 +17,10 @@ import asyncio
 import json
 import logging
 import re
+import select
 import sys
 import time
+from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -148,7 +150,11 @@ class BatchedLines(logging.StreamHandler):  # type: ignore[type-arg]
     """Lines logged on a running event loop are written together when the loop next gets round to
     it (one write for all the requests a turn of the loop answered, instead of one write a line);
     lines logged elsewhere (a thread, start-up, shutdown) are written at once. A line thus reaches
-    stderr within one turn of the loop; `logging.shutdown` at exit writes what is left."""
+    stderr within one turn of the loop; `logging.shutdown` at exit writes what is left.
+
+    Each write holds whole lines and at most `PIPE_BUF` bytes (a longer line goes alone), so that
+    where several worker processes share one pipe (a container's stderr), the kernel never
+    interleaves their writes inside a line."""
 
     def __init__(self, stream: Any) -> None:
         super().__init__(stream)
@@ -171,23 +177,37 @@ class BatchedLines(logging.StreamHandler):  # type: ignore[type-arg]
             loop.call_soon(self._flush_soon)
 
     def _flush_soon(self) -> None:
-        self.acquire()
-        try:
+        with self.lock:  # type: ignore[union-attr]
             self._flush_on = None
             self.flush()
-        finally:
-            self.release()
 
     def flush(self) -> None:
-        """Write the waiting lines (the caller holds the handler's lock, as `logging` does)."""
-        lines, self._lines = self._lines, []
-        if not lines:
-            return
-        try:
-            self.stream.write("\n".join(lines) + "\n")
-            self.stream.flush()
-        except Exception:
-            self.handleError(logging.makeLogRecord({"msg": lines[0]}))
+        """Write the waiting lines."""
+        with self.lock:  # type: ignore[union-attr]
+            lines, self._lines = self._lines, []
+            if not lines:
+                return
+            try:
+                for chunk in _atomic_chunks(lines):
+                    self.stream.write(chunk)
+                    self.stream.flush()
+            except Exception:
+                self.handleError(logging.makeLogRecord({"msg": lines[0]}))
+
+
+def _atomic_chunks(lines: list[str]) -> Iterator[str]:
+    """`lines`, newline-terminated, joined into pieces of at most `PIPE_BUF` bytes of whole lines."""
+    chunk: list[str] = []
+    size = 0
+    for line in lines:
+        length = (len(line) if line.isascii() else len(line.encode("utf-8", "replace"))) + 1
+        if chunk and size + length > select.PIPE_BUF:
+            yield "\n".join(chunk) + "\n"
+            chunk, size = [], 0
+        chunk.append(line)
+        size += length
+    if chunk:
+        yield "\n".join(chunk) + "\n"
 
 
 def configure(level: str, log_format: str = "text") -> None:
