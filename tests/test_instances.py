@@ -6,9 +6,12 @@ one file) and on PostgreSQL.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -42,6 +45,90 @@ def test_workers_share_uploads(tmp_path: Path, database_url: str) -> None:
     finally:
         server.stop()
     assert server.log().count("Started server process") == 2
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _tcp_sockets(port: int) -> dict[int, str]:
+    """Socket inode -> TCP state ("0A" listening, "01" established) of 127.0.0.1 sockets on `port`."""
+    sockets = {}
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == port:
+            sockets[int(fields[9])] = fields[3]
+    return sockets
+
+
+def _socket_inodes(pid: int) -> set[int]:
+    inodes: set[int] = set()
+    with contextlib.suppress(OSError):  # the process may be gone meanwhile
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def _listening_workers(
+    parent: int, port: int, also: Callable[[dict[int, set[int]]], bool] = lambda found: True
+) -> dict[int, set[int]]:
+    """Worker PID -> its listening sockets on `port`, once two workers listen (and `also` holds),
+    polled for 20 s at most."""
+    found: dict[int, set[int]] = {}
+    for _ in range(400):
+        listeners = {inode for inode, state in _tcp_sockets(port).items() if state == "0A"}
+        found = {pid: own for pid in _children(parent) if (own := _socket_inodes(pid) & listeners)}
+        if len(found) == 2 and also(found):
+            break
+        time.sleep(0.05)
+    return found
+
+
+def test_workers_each_listen_and_share_a_burst_of_connections(tmp_path: Path) -> None:
+    """With `--workers 2`, each worker listens on a socket of its own (SO_REUSEPORT), so 16
+    connections opened at once are spread over both, not left to whichever wakes first."""
+    server = ServerProcess(tmp_path / "data", f"sqlite:///{tmp_path / 'db.sqlite'}", ["--workers", "2"])
+    server.start()
+    assert server.process is not None
+    connections: list[socket.socket] = []
+    try:
+        listening = _listening_workers(server.process.pid, server.port)
+        assert len(listening) == 2, listening
+        first, second = listening.values()
+        assert not first & second  # two sockets, not one shared
+        connections = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(16)]
+        for connection in connections:
+            connection.sendall(b"OPTIONS /files/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        for connection in connections:
+            connection.settimeout(10)
+            assert connection.recv(4096).startswith(b"HTTP/1.1 200")
+        states = _tcp_sockets(server.port)
+        established = {inode for inode, state in states.items() if state == "01"}
+        served = [len(_socket_inodes(pid) & established) for pid in listening]
+        assert sum(served) == 16
+        assert min(served) > 0, served  # all 16 on one worker: 1 chance in 32,768 with the kernel's hash
+        killed = next(iter(listening))
+        os.kill(killed, signal.SIGKILL)  # uvicorn's supervisor starts a new worker, with its own socket
+        replaced = _listening_workers(server.process.pid, server.port, lambda found: killed not in found)
+        assert len(replaced) == 2, replaced
+        assert killed not in replaced
+    finally:
+        for connection in connections:
+            connection.close()
+        server.stop()
 
 
 def test_sigterm_commits_in_flight_bytes_and_releases_the_lock(tmp_path: Path, database_url: str) -> None:

@@ -28,6 +28,7 @@ from tusserver.interim import InterimHttpToolsProtocol
 from tusserver.outbox import Outbox
 from tusserver.preflight import StartupProblem, explain, run_checks
 from tusserver.runtime import build_hooks, running
+from tusserver.workers import run_workers
 
 # (flag, metavar, help); a metavar of None makes an on/off switch.
 _SERVE_FLAGS: list[tuple[str, str | None, str]] = [
@@ -265,7 +266,8 @@ def _metrics_shared_by_workers(workers: int) -> Iterator[None]:
 
 
 def _run_uvicorn(settings: Settings) -> None:
-    uvicorn.run(
+    run = run_workers if settings.workers > 1 else uvicorn.run  # a listening socket per worker
+    run(
         "tusserver.app:app_from_env",
         factory=True,
         host=settings.host,
