@@ -14,11 +14,13 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from uvicorn.config import STARTUP_FAILURE
 
 from tests.pgcluster import PostgresCluster
 from tests.servers import REPO_ROOT, free_port
 from tusserver.config import Settings
 from tusserver.preflight import StartupProblem, check_database
+from tusserver.workers import SpreadingConfig
 
 
 def _serve(*flags: str, timeout: float = 60) -> tuple[int, str]:
@@ -120,3 +122,17 @@ def test_sqlite_library_too_old(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(StartupProblem, match=r"SQLite 3\.31\.1 is too old: tusserver needs 3\.35\.0"):
         asyncio.run(check_database(settings))
     assert not sa.inspect(sa.create_engine(f"sqlite:///{tmp_path / 'tusserver.db'}")).get_table_names()
+
+
+def test_a_port_taken_after_the_check_stops_the_workers_supervisor_with_one_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`--workers` binds its own supervisor socket (`workers.py`): a port taken between the start-up
+    check and that bind ends the start with uvicorn's one error line and its start-up failure code."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        config = SpreadingConfig("tusserver.app:app_from_env", host="127.0.0.1", port=port, log_config=None)
+        with pytest.raises(SystemExit) as stopped:
+            config.bind_socket()
+    assert stopped.value.code == STARTUP_FAILURE
+    assert [record.getMessage() for record in caplog.records] == ["[Errno 98] Address already in use"]

@@ -23,6 +23,7 @@ import sys
 from typing import Any
 
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
 log = logging.getLogger("uvicorn.error")  # where uvicorn says the same for its own socket
@@ -44,7 +45,11 @@ def _bound(family: socket.AddressFamily, address: Any, kind: type[socket.socket]
     sock = kind(family=family, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind(address)
+    try:
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
     return sock
 
 
@@ -58,7 +63,11 @@ class SpreadingConfig(uvicorn.Config):
 
     def bind_socket(self) -> socket.socket:
         family = socket.AF_INET6 if self.host and ":" in self.host else socket.AF_INET
-        sock = _bound(family, (self.host, self.port), WorkerSocket)
+        try:
+            sock = _bound(family, (self.host, self.port), WorkerSocket)
+        except OSError as exc:  # taken since the start-up check: one line, as uvicorn says it
+            log.error("%s", exc)
+            sys.exit(STARTUP_FAILURE)
         sock.set_inheritable(True)
         host = f"[{self.host}]" if family == socket.AF_INET6 else self.host
         log.info("Uvicorn running on http://%s:%d (Press CTRL+C to quit)", host, sock.getsockname()[1])
