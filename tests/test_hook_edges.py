@@ -72,6 +72,17 @@ class SyncHooks:
         return HookAnswer()
 
 
+class FailingProgress:
+    """A post-receive receiver that is down: every call fails."""
+
+    def __init__(self) -> None:
+        self.offsets: list[int] = []
+
+    async def post_receive(self, event: HookEvent) -> HookAnswer:
+        self.offsets.append(event.upload.offset)
+        raise RuntimeError("the progress receiver is down")
+
+
 def _app(settings: Settings, hooks: object) -> AppClient:
     app = AppClient(settings)
     app.app = create_app(settings, hooks=hooks)
@@ -194,3 +205,33 @@ async def test_a_sync_hook_past_its_time_keeps_its_thread_and_busy_threads_answe
         assert answer.status_code == 204
     failures = [r.getMessage() for r in caplog.records if r.getMessage().startswith("hook_failed")]
     assert any("type=pre-create" in message for message in failures)
+
+
+async def test_a_failing_post_receive_is_never_retried_and_never_fails_the_upload(
+    tmp_path: Path, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = Settings(
+        data_dir=tmp_path / "data", database_url=database_url, commit_interval=0.1, progress_interval=0.05
+    )
+
+    async def trickle() -> AsyncIterator[bytes]:
+        for _ in range(20):  # a slow client: 1 s, so that checkpoints report progress on the way
+            yield b"x" * 10
+            await asyncio.sleep(0.05)
+
+    hooks = FailingProgress()
+    async with _app(settings, hooks) as client:
+        location = (await client.post(BASE, headers={"Upload-Length": "200"})).headers["Location"]
+        octets = {"Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"}
+        answer = await client.patch(location, content=trickle(), headers=octets)
+        assert answer.status_code == 204
+        for _ in range(100):  # the completing report is sent in the background: 5 s at most
+            if 200 in hooks.offsets:
+                break
+            await asyncio.sleep(0.05)
+    assert 200 in hooks.offsets
+    assert len(hooks.offsets) >= 2  # progress on the way, then completion
+    assert len(hooks.offsets) == len(set(hooks.offsets))  # each report once: a failure is not retried
+    failures = [r for r in caplog.records if r.getMessage().startswith("hook_failed type=post-receive")]
+    assert failures
+    assert all(r.exc_info is None and "RuntimeError" in r.getMessage() for r in failures)  # one line each
