@@ -19,8 +19,8 @@ from uvicorn.config import STARTUP_FAILURE
 from tests.pgcluster import PostgresCluster
 from tests.servers import REPO_ROOT, free_port
 from tusserver.config import Settings
-from tusserver.preflight import StartupProblem, check_database
-from tusserver.workers import SpreadingConfig
+from tusserver.preflight import StartupProblem, check_database, check_port
+from tusserver.workers import SpreadingConfig, _own_socket
 
 
 def _serve(*flags: str, timeout: float = 60) -> tuple[int, str]:
@@ -136,3 +136,49 @@ def test_a_port_taken_after_the_check_stops_the_workers_supervisor_with_one_line
             config.bind_socket()
     assert stopped.value.code == STARTUP_FAILURE
     assert [record.getMessage() for record in caplog.records] == ["[Errno 98] Address already in use"]
+
+
+def test_the_workers_supervisor_keeps_the_port_for_its_workers_only(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The supervisor's socket lets the workers bind (SO_REUSEPORT) but no other program (no
+    SO_REUSEADDR); a worker that still cannot bind exits as a start-up failure, with one line."""
+    config = SpreadingConfig("tusserver.app:app_from_env", host="127.0.0.1", port=0, log_config=None)
+    with config.bind_socket() as supervisor:
+        address = supervisor.getsockname()
+        with pytest.raises(OSError, match="in use"):
+            socket.create_server(address)  # sets SO_REUSEADDR, as most servers do
+        with _own_socket(socket.AF_INET, address) as worker:
+            worker.listen()
+    with socket.create_server(("127.0.0.1", 0)) as foreign, pytest.raises(SystemExit) as stopped:
+        _own_socket(socket.AF_INET, foreign.getsockname())
+    assert stopped.value.code == STARTUP_FAILURE
+    assert _one_clear_line(capsys.readouterr().err).startswith(
+        "tusserver: a worker cannot listen on 127.0.0.1:"
+    )
+
+
+def test_the_port_check_speaks_ipv6() -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    try:
+        taken = socket.create_server(("::1", 0), family=socket.AF_INET6)
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    port = taken.getsockname()[1]
+    with taken, pytest.raises(StartupProblem, match="already in use"):
+        check_port("::1", port)
+    check_port("::1", port)  # free again
+
+
+def test_workers_that_cannot_start_stop_the_server_with_uvicorns_start_up_failure_code() -> None:
+    """Real worker processes whose app fails at start-up: uvicorn's supervisor stops instead of
+    restarting them, and `run_workers` ends with exit code 3, not 0."""
+    program = (
+        "from tusserver.workers import run_workers; "
+        "run_workers('tests.failing_lifespan_app:app', host='127.0.0.1', port=0, workers=2, log_config=None)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == STARTUP_FAILURE, done.stderr

@@ -272,7 +272,7 @@ def _run_uvicorn(settings: Settings) -> None:
         factory=True,
         host=settings.host,
         port=settings.port,
-        workers=settings.workers if settings.workers > 1 else None,
+        workers=settings.workers,  # never None: uvicorn would then read WEB_CONCURRENCY
         log_level=settings.log_level.lower(),
         server_header=False,
         # uvicorn would otherwise take X-Forwarded-Proto / -For from any client on 127.0.0.1 (its

@@ -45,8 +45,9 @@ async def check(settings: Settings) -> bool:
 
 def check_port(host: str, port: int) -> None:
     """Bind and release the address uvicorn will listen on, to name a taken port before it tries."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn picks it
     try:
-        with socket.create_server((host, port)) as _:
+        with socket.create_server((host, port), family=family) as _:
             pass
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:

@@ -5,13 +5,19 @@ queue, and whichever loop wakes first takes what is waiting: a burst of connecti
 starting together) mostly lands on one worker while the other idles. On Linux each worker here
 listens on a socket of its own, bound to the same address with `SO_REUSEPORT`, and the kernel
 spreads new connections over them by their address hash. The supervisor, its restarts and signal
-handling stay uvicorn's: the supervisor holds a bound socket that never listens (it keeps the port,
-and `SO_REUSEPORT` lets the workers join it), and each worker, unpickling that socket when uvicorn
-starts it, opens its own instead (`WorkerSocket.__reduce__`). Elsewhere than Linux, where
-`SO_REUSEPORT` does not spread connections, the workers share uvicorn's one socket as before.
+handling stay uvicorn's: the supervisor holds a bound socket that never listens, and each worker,
+unpickling that socket when uvicorn starts it, opens its own instead (`WorkerSocket.__reduce__`).
+The supervisor's socket has `SO_REUSEPORT` but not `SO_REUSEADDR`, so no other program can bind the
+port meanwhile (`SO_REUSEADDR` would let one that sets it too), while the workers, and the
+supervisor's next start despite connections in TIME_WAIT, can. A worker that cannot bind anyway
+exits as a start-up failure, which stops the supervisor instead of restarting the worker forever.
+Elsewhere than Linux, where `SO_REUSEPORT` does not spread connections, the workers share uvicorn's
+one socket as before.
 
-A worker that dies takes the connections still waiting in its own queue with it (their clients see
-a reset and retry, as tus clients do); the others' queues are untouched.
+What a socket per worker costs: a listener that closes resets the connections still waiting in its
+own queue (a worker that dies or is replaced: SIGHUP, SIGTTOU), where the shared queue kept them
+for the others; Linux moves them to another worker with `sysctl net.ipv4.tcp_migrate_req=1`. And
+any process of the same user that sets `SO_REUSEPORT` could join the port.
 """
 
 from __future__ import annotations
@@ -43,7 +49,6 @@ class WorkerSocket(socket.socket):
 
 def _bound(family: socket.AddressFamily, address: Any, kind: type[socket.socket]) -> socket.socket:
     sock = kind(family=family, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind(address)
@@ -54,8 +59,13 @@ def _bound(family: socket.AddressFamily, address: Any, kind: type[socket.socket]
 
 
 def _own_socket(family: socket.AddressFamily, address: Any) -> socket.socket:
-    """In a worker: its own socket on the supervisor's address (uvicorn makes it listen)."""
-    return _bound(family, address, socket.socket)
+    """In a worker: its own socket on the supervisor's address (uvicorn makes it listen). Failing
+    that, the worker exits as a start-up failure, with one line."""
+    try:
+        return _bound(family, address, socket.socket)
+    except OSError as exc:
+        print(f"tusserver: a worker cannot listen on {address[0]}:{address[1]}: {exc}", file=sys.stderr)
+        sys.exit(STARTUP_FAILURE)
 
 
 class SpreadingConfig(uvicorn.Config):
@@ -68,7 +78,6 @@ class SpreadingConfig(uvicorn.Config):
         except OSError as exc:  # taken since the start-up check: one line, as uvicorn says it
             log.error("%s", exc)
             sys.exit(STARTUP_FAILURE)
-        sock.set_inheritable(True)
         host = f"[{self.host}]" if family == socket.AF_INET6 else self.host
         log.info("Uvicorn running on http://%s:%d (Press CTRL+C to quit)", host, sock.getsockname()[1])
         return sock
@@ -80,5 +89,8 @@ def run_workers(app: str, **options: Any) -> None:
         uvicorn.run(app, **options)
         return
     config = SpreadingConfig(app, **options)
+    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
     with contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run
-        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        supervisor.run()
+    if any(worker.process.exitcode == STARTUP_FAILURE for worker in supervisor.processes):
+        sys.exit(STARTUP_FAILURE)  # uvicorn's supervisor stopped because a worker could not start
