@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 
 from tests.helpers import MiB, random_file, raw_patch_head, sha256_file, stored_file
-from tests.servers import ServerProcess
+from tests.servers import ServerProcess, worker_pids
 from tests.test_end_to_end import uploader, url_of
 
 TUS = {"Tus-Resumable": "1.0.0"}
@@ -45,20 +45,6 @@ def test_workers_share_uploads(tmp_path: Path, database_url: str) -> None:
     finally:
         server.stop()
     assert server.log().count("Started server process") == 2
-
-
-def _children(pid: int) -> list[int]:
-    """The processes whose parent is `pid` (from /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
 
 
 def _tcp_sockets(port: int) -> dict[int, str]:
@@ -90,7 +76,7 @@ def _listening_workers(
     found: dict[int, set[int]] = {}
     for _ in range(400):
         listeners = {inode for inode, state in _tcp_sockets(port).items() if state == "0A"}
-        found = {pid: own for pid in _children(parent) if (own := _socket_inodes(pid) & listeners)}
+        found = {pid: own for pid in worker_pids(parent) if (own := _socket_inodes(pid) & listeners)}
         if len(found) == 2 and also(found):
             break
         time.sleep(0.05)

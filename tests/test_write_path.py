@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import os
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ import sqlalchemy as sa
 
 from tests.conftest import AppClient
 from tests.helpers import BASE, create, offset_of, patch, upload_ids
-from tests.servers import REPO_ROOT, ServerProcess
+from tests.servers import REPO_ROOT, ServerProcess, worker_pids
 from tusserver import Settings
 from tusserver.allocator import MALLOC_ENV, tune_malloc
 from tusserver.core import Upload, utcnow
@@ -127,7 +126,7 @@ def test_malloc_tuning_applies_in_this_process_and_reaches_worker_processes(tmp_
     try:
         assert server.process is not None
         deadline = time.monotonic() + 20
-        while len(workers := _children(server.process.pid)) < 2:
+        while len(workers := worker_pids(server.process.pid)) < 2:
             assert time.monotonic() < deadline, "the two workers did not start"
             time.sleep(0.1)
         assert len(workers) == 2
@@ -137,26 +136,6 @@ def test_malloc_tuning_applies_in_this_process_and_reaches_worker_processes(tmp_
                 assert f"{name}={value}".encode() in environ
     finally:
         server.stop()
-
-
-def _children(parent: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == parent and b"spawn_main" in _cmdline(entry):
-                found.append(int(entry))
-    return found
-
-
-def _cmdline(pid: str) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
 
 
 async def test_fsync_makes_sqlite_commit_with_synchronous_full(tmp_path: Path) -> None:
