@@ -18,6 +18,7 @@ first reads the body of a request that expects it (the draft: a 104 never replac
 
 from __future__ import annotations
 
+import asyncio
 import weakref
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
@@ -27,6 +28,7 @@ from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from tusserver.http_limits import LimitedHttpToolsProtocol
 from tusserver.middleware import Scope
+from tusserver.write_batching import BatchedTransport
 
 EXTENSION = "tusserver.interim"
 _REASONS = {104: b"Upload Resumption Supported"}
@@ -76,7 +78,11 @@ def _sender(cycle: RequestResponseCycle) -> Sender:
 
 
 class InterimHttpToolsProtocol(LimitedHttpToolsProtocol):
-    """The server's protocol (head limits) plus the interim-response extension in every request."""
+    """The server's protocol: head limits, the interim-response extension in every request, and
+    small writes batched per turn of the event loop (`write_batching`)."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(BatchedTransport(transport, self.loop))
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
