@@ -3,7 +3,9 @@ for every statement the request path runs on the raw drivers, on both dialects."
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +15,7 @@ from sqlalchemy.engine import Dialect
 
 from tusserver import records
 from tusserver.prepared import plan
-from tusserver.schema import UTCDateTime
+from tusserver.schema import UTCDateTime, metadata
 
 DIALECTS = [sqlite.pysqlite.dialect(), postgresql.asyncpg.dialect()]  # type: ignore[no-untyped-call]
 
@@ -87,3 +89,28 @@ def test_sqlite_timestamps_are_written_as_sqlalchemy_writes_them() -> None:
     ):
         assert ours(moment) == theirs(moment.astimezone(UTC).replace(tzinfo=None))
     assert ours(None) is None
+
+
+def test_rows_read_columns_in_the_order_the_driver_returns_them(tmp_path: Path) -> None:
+    """`Plan.row` reads values by position: the plan's column names are the names SQLite itself
+    gives the result columns, for every statement that returns rows (run here on a real database)."""
+    dialect = sqlite.pysqlite.dialect()
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    metadata.create_all(engine)
+    connection = sqlite3.connect(tmp_path / "db.sqlite")
+    checked = 0
+    for statement in records._PREPARED:
+        planned = plan(statement, dialect)
+        if not planned.returns_rows:
+            continue
+        compiled = statement.compile(dialect=dialect)
+        given = {
+            parameter.key: _sample(parameter) for parameter in compiled.binds.values() if parameter.required
+        }
+        cursor = connection.execute(planned.sql, planned.arguments(given))
+        assert [name for name, _ in planned.columns] == [column[0] for column in cursor.description]
+        cursor.close()
+        checked += 1
+    assert checked >= 2
+    connection.close()
+    engine.dispose()

@@ -208,7 +208,7 @@ class DirectRunner:
         arguments = prepared.arguments(params)
         if prepared.returns_rows:
             records = await connection.fetch(prepared.sql, *arguments, timeout=self._timeout)
-            rows = [prepared.row(record.items()) for record in records]
+            rows = [prepared.row(record) for record in records]
             return Ran(rows, len(rows))
         status = await connection.execute(prepared.sql, *arguments, timeout=self._timeout)
         return Ran([], int(status.rsplit(" ", 1)[-1]))

@@ -10,7 +10,7 @@ compilation, so each query is still written once, in SQLAlchemy, in `records.py`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,25 +47,14 @@ class Plan:
     its value when the caller gives none (a literal of the statement, or `_REQUIRED`), and its
     type's bind processor. SQLAlchemy's `construct_params` computes the same per call, at several
     times the cost."""
-    result: dict[str, Processor]
+    columns: tuple[tuple[str, Processor | None], ...]
+    """Per result column, in the statement's order: its name and its type's result processor."""
     returns_rows: bool
-
-    def arguments(self, params: Mapping[str, Any]) -> list[Any]:
-        """The driver's positional arguments for `params` (defaults and processors applied)."""
-        arguments = []
-        for key, default, processor in self.slots:
-            value = params.get(key, default)
-            if value is _REQUIRED:
-                raise KeyError(f"no value for the bound parameter {key!r}")
-            arguments.append(value if processor is None else processor(value))
-        return arguments
-
-    def row(self, items: Iterable[tuple[str, Any]]) -> Row:
-        """A result row from the driver's (name, value) pairs, through the result processors."""
-        result = self.result
-        return Row(
-            {key: processor(value) if (processor := result.get(key)) else value for key, value in items}
-        )
+    arguments: Callable[[Mapping[str, Any]], list[Any]]
+    """The driver's positional arguments for the caller's parameters (defaults and processors
+    applied); a missing required value raises `KeyError`."""
+    row: Callable[[Sequence[Any]], Row]
+    """A result row from the driver's values (a tuple, or an asyncpg record), in column order."""
 
 
 def plan(statement: sa.Executable, dialect: Dialect) -> Plan:
@@ -83,9 +72,50 @@ def plan(statement: sa.Executable, dialect: Dialect) -> Plan:
     else:
         described = statement.returning_column_descriptions  # type: ignore[attr-defined]
         returns_rows = bool(described)
-    result = {}
-    for column in described:
-        processor = column["type"].dialect_impl(dialect).result_processor(dialect, None)
+    columns = tuple(
+        (column["name"], column["type"].dialect_impl(dialect).result_processor(dialect, None))
+        for column in described
+    )
+    return Plan(compiled.string, tuple(slots), columns, returns_rows, _binder(tuple(slots)), _reader(columns))
+
+
+def _binder(slots: tuple[tuple[str, Any, Processor | None], ...]) -> Callable[[Mapping[str, Any]], list[Any]]:
+    """`Plan.arguments` as one list display, generated once per statement (as `dataclasses` and
+    `namedtuple` generate code): a loop over the slots per call cost as much as the statement's own
+    step in SQLite. Keys are bound parameter names, written into the code only through `repr`."""
+    names: dict[str, Any] = {}
+    values = []
+    for index, (key, default, processor) in enumerate(slots):
+        if default is _REQUIRED:
+            value = f"params[{key!r}]"
+        else:
+            names[f"default_{index}"] = default
+            value = f"params.get({key!r}, default_{index})"
         if processor is not None:
-            result[column["name"]] = processor
-    return Plan(compiled.string, tuple(slots), result, returns_rows)
+            names[f"bind_{index}"] = processor
+            value = f"bind_{index}({value})"
+        values.append(value)
+    arguments: Callable[[Mapping[str, Any]], list[Any]] = _compiled(
+        "arguments", "params", f"[{', '.join(values)}]", names
+    )
+    return arguments
+
+
+def _reader(columns: tuple[tuple[str, Processor | None], ...]) -> Callable[[Sequence[Any]], Row]:
+    """`Plan.row` as one dict display, generated once per statement (see `_binder`)."""
+    names: dict[str, Any] = {"Row": Row}
+    items = []
+    for index, (name, processor) in enumerate(columns):
+        value = f"values[{index}]"
+        if processor is not None:
+            names[f"read_{index}"] = processor
+            value = f"read_{index}({value})"
+        items.append(f"{name!r}: {value}")
+    row: Callable[[Sequence[Any]], Row] = _compiled("row", "values", f"Row({{{', '.join(items)}}})", names)
+    return row
+
+
+def _compiled(name: str, argument: str, expression: str, names: dict[str, Any]) -> Any:
+    source = f"def {name}({argument}):\n    return {expression}\n"
+    exec(compile(source, f"<plan {name}>", "exec"), names)  # noqa: S102 (code made from the plan alone)
+    return names[name]

@@ -229,8 +229,7 @@ def _execute(raw: Any, prepared: Plan, params: Params) -> Ran:
     cursor = raw.execute(prepared.sql, prepared.arguments(params))
     try:
         if prepared.returns_rows:
-            names = [column[0] for column in cursor.description]
-            rows = [prepared.row(zip(names, values, strict=True)) for values in cursor.fetchall()]
+            rows = [prepared.row(values) for values in cursor.fetchall()]
             return Ran(rows, len(rows))
         return Ran([], cursor.rowcount)
     finally:
