@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from tusserver import metrics
+from tusserver.answers import HeadersOnly
 from tusserver.config import Settings
 from tusserver.core import Upload, is_upload_id, utcnow
 from tusserver.downloads import (
@@ -95,7 +96,7 @@ async def resource(request: Request) -> Response:
         return await patch(request, upload_id)
     if request.method == "DELETE":
         await _service(request).terminate(upload_id, _for_hooks(request))
-        return Response(status_code=204)
+        return HeadersOnly(204)
     if request.method == "GET" and not _settings(request).disable_download:
         return await download(request, upload_id)
     if request.method == "OPTIONS":
@@ -113,7 +114,7 @@ def options(request: Request) -> Response:
     max_size = _settings(request).max_size
     if max_size is not None:
         headers[TUS_MAX_SIZE] = str(max_size)
-    return Response(status_code=200, headers=headers)
+    return HeadersOnly(200, headers)
 
 
 async def create(request: Request) -> Response:
@@ -130,12 +131,12 @@ async def create(request: Request) -> Response:
     upload = await _service(request).create(new, body, _for_hooks(request))
     note_upload(upload.id)
     location = _public_base(request) + _settings(request).base_path + upload.id
-    return Response(status_code=201, headers={LOCATION: location, **_progress_headers(upload)})
+    return HeadersOnly(201, {LOCATION: location, **_progress_headers(upload)})
 
 
 async def head(request: Request, upload_id: str) -> Response:
     upload = await _service(request).status(upload_id)
-    return Response(status_code=200, headers=_state_headers(upload))
+    return HeadersOnly(200, _state_headers(upload))
 
 
 async def patch(request: Request, upload_id: str) -> Response:
@@ -154,7 +155,7 @@ async def patch(request: Request, upload_id: str) -> Response:
         raise
     if body.reader.disconnected:
         count_patch_failure(request, upload_id, "disconnect", upload)
-    return Response(status_code=204, headers=_progress_headers(upload))
+    return HeadersOnly(204, _progress_headers(upload))
 
 
 def count_patch_failure(request: Request, upload_id: str, cause: str, upload: Upload | None = None) -> None:

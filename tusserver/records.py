@@ -32,8 +32,9 @@ _UPLOAD_COLUMNS = (
     _t.created_at, _t.updated_at, _t.expires_at, _t.completed_at,
     _t.owner, _t.rejected_status, _t.rejected_reason,
 )  # fmt: skip
-_UPLOAD_FIELDS = tuple(field.name for field in fields(Upload))
-"""Copied shallowly into an INSERT (`dataclasses.asdict` deep-copies: 7 % of a POST)."""
+_UPLOAD_SET_KEYS = tuple((field.name, f"set_{field.name}") for field in fields(Upload))
+"""Each field and the INSERT's parameter for it: copied shallowly (`dataclasses.asdict` deep-copies:
+7 % of a POST)."""
 _RENEW_BATCH = 500  # leases per renewal statement (well under every backend's bound-parameter limit)
 _p = sa.bindparam
 
@@ -182,13 +183,16 @@ class UploadRecords:
     ) -> None:
         """Insert a new upload, optionally already leased to `lock_owner` for `ttl` seconds, with the
         outbox rows of `events` in the same transaction."""
-        row: dict[str, Any] = {name: getattr(upload, name) for name in _UPLOAD_FIELDS}
-        row.update(storage=dict(upload.storage), lock_owner=lock_owner, release_requested=False)
-        params = {f"set_{name}": value for name, value in row.items()}
+        params: dict[str, Any] = {key: getattr(upload, name) for name, key in _UPLOAD_SET_KEYS}
+        params["set_storage"] = dict(upload.storage)
+        params["set_lock_owner"] = lock_owner
+        params["set_release_requested"] = False
         if lock_owner is None:
-            await self._run(_INSERT, {**params, "set_lock_expires_at": None}, events)
+            params["set_lock_expires_at"] = None
+            await self._run(_INSERT, params, events)
         else:
-            await self._run(_INSERT_LEASED, {**params, "ttl": ttl}, events)
+            params["ttl"] = ttl
+            await self._run(_INSERT_LEASED, params, events)
 
     async def get(self, upload_id: str) -> Upload:
         return (await self.get_with_lock(upload_id))[0]

@@ -62,7 +62,9 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
 def _sqlite_text(value: datetime | None) -> str | None:
     if value is None:
         return None
-    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+    if value.tzinfo is not UTC:  # this server's own datetimes are UTC already
+        value = value.astimezone(UTC)
+    return value.replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def _sqlite_utc(value: Any) -> datetime | None:
