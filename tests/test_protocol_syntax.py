@@ -127,6 +127,8 @@ def test_http_date_matches_the_standard_library_every_day_of_a_leap_year() -> No
         assert format_http_date(moment) == format_datetime(moment, usegmt=True)
     other_zone = datetime(2026, 12, 3, 23, 30, tzinfo=timezone(timedelta(hours=-5)))
     assert format_http_date(other_zone) == "Fri, 04 Dec 2026 04:30:00 GMT"
+    almost = datetime(2026, 12, 3, 23, 59, 59, 999999, tzinfo=UTC)  # a second's text, never rounded up
+    assert format_http_date(almost) == format_datetime(almost, usegmt=True) == "Thu, 03 Dec 2026 23:59:59 GMT"
 
 
 def test_upload_ids_are_random_128_bit_hex_and_never_repeat() -> None:

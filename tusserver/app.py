@@ -36,6 +36,7 @@ from tusserver.middleware import ASGIApp, Receive, Scope, Send, TusMiddleware
 from tusserver.observed import Observer
 from tusserver.runtime import build_hooks, running
 from tusserver.storage import check_storage
+from tusserver.uploads import UploadService
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with running(settings, built) as runtime:
-            app.state.service = runtime.service
-            service = runtime.service
+            assert isinstance(app, Application)
+            app.state.service = app.service = service = runtime.service
             readiness = Readiness(service.records, service.storage, settings.database_timeout)
             app.state.observer = observer = Observer(service.records, service.storage, readiness)
             sampling = asyncio.create_task(observer.sample())
@@ -100,7 +101,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.router.redirect_slashes = False  # /files and /files/ are both the collection (CR-13)
-    app.state.settings = settings
+    app.state.settings = app.settings = settings
     endpoint = TusEndpoint(base, routes)
     routed = app.route_to(endpoint)
     failsafe = FailsafeMiddleware(routed)  # innermost: its 500 still gets the headers added below
@@ -119,6 +120,10 @@ class Application(Starlette):
     if its path is not the endpoint's, to Starlette's router."""
 
     front: ASGIApp | None = None
+    settings: Settings
+    service: UploadService
+    """Also in `state`; read as plain attributes by the handlers (`state` looks each name up through
+    `__getattr__`, a few microseconds a request)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or self.front is None:

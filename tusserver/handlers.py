@@ -63,12 +63,12 @@ UPLOAD_METHODS = "OPTIONS, HEAD, GET, PATCH, DELETE"
 
 
 def _service(request: Request) -> UploadService:
-    service: UploadService = request.app.state.service
+    service: UploadService = request.app.service
     return service
 
 
 def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
+    settings: Settings = request.app.settings
     return settings
 
 

@@ -32,6 +32,7 @@ _UPLOAD_COLUMNS = (
     _t.created_at, _t.updated_at, _t.expires_at, _t.completed_at,
     _t.owner, _t.rejected_status, _t.rejected_reason,
 )  # fmt: skip
+_UPLOAD_NAMES = tuple(column.name for column in _UPLOAD_COLUMNS)
 _UPLOAD_SET_KEYS = tuple((field.name, f"set_{field.name}") for field in fields(Upload))
 """Each field and the INSERT's parameter for it: copied shallowly (`dataclasses.asdict` deep-copies:
 7 % of a POST)."""
@@ -138,7 +139,7 @@ class Summary:
 
 def _to_upload(row: Any) -> Upload:
     values = row._mapping
-    return Upload(**{column.name: values[column.name] for column in _UPLOAD_COLUMNS})
+    return Upload(**{name: values[name] for name in _UPLOAD_NAMES})
 
 
 class UploadRecords:
@@ -202,7 +203,8 @@ class UploadRecords:
         rows = await self._rows(_GET, upload_id=upload_id)
         if not rows:
             raise UploadNotFound(upload_id)
-        return _to_upload(rows[0]), bool(rows[0].held)
+        # by key: `row.held` on a prepared row goes through `__getattr__` (an exception each time)
+        return _to_upload(rows[0]), bool(rows[0]._mapping["held"])
 
     async def acquire(
         self, upload_id: str, owner: str, ttl: float, ask_holder: bool = False
