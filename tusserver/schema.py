@@ -70,7 +70,9 @@ def _sqlite_text(value: datetime | None) -> str | None:
 def _sqlite_utc(value: Any) -> datetime | None:
     if value is None:
         return None
-    return _utc(datetime.fromisoformat(value) if isinstance(value, str) else value)
+    if isinstance(value, str):  # as stored: naive UTC
+        return datetime.fromisoformat(value).replace(tzinfo=UTC)
+    return _utc(value)
 
 
 def _utc(moment: datetime) -> datetime:
