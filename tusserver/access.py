@@ -1,5 +1,6 @@
 """`AccessMiddleware`, the outermost layer: gives each request its ID (`X-Request-ID` if the client
-sent a sane one, else a new one, echoed in the response), counts it (`tusserver_http_requests_total`,
+sent a sane one, else a new one, echoed in the response) and its `Exchange`, whose headers (this
+layer's and those the layers inside add) it puts on the answer, counts it (`tusserver_http_requests_total`,
 duration histograms) and logs one `request` line when it ends: method, path, status, body bytes
 stored, duration. Paths only: upload URLs are credentials, the host is never logged. Probes and
 scrapes (`quiet_paths`) are logged at DEBUG.
@@ -15,7 +16,7 @@ from collections.abc import Collection
 
 from tusserver import metrics
 from tusserver.logs import RequestContext, enter_request, leave_request
-from tusserver.middleware import ASGIApp, Message, Receive, Scope, Send, request_header
+from tusserver.middleware import EXCHANGE, ASGIApp, Exchange, Message, Receive, Scope, Send, request_header
 
 log = logging.getLogger("tusserver.access")
 _REQUEST_ID = b"x-request-id"
@@ -41,26 +42,24 @@ class AccessMiddleware:
         started = time.monotonic()
         given = request_header(scope, _REQUEST_ID)
         request_id = given.decode() if given and _SANE_ID.fullmatch(given) else _new_request_id()
-        id_header = (_REQUEST_ID, request_id.encode())
+        exchange = scope[EXCHANGE] = Exchange([(_REQUEST_ID, request_id.encode())])
         client = scope.get("client")
         context = RequestContext(
             request_id, scope["method"], scope["path"], f"{client[0]}:{client[1]}" if client else ""
         )
-        status = 0
 
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
+        async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [*message.get("headers", []), id_header]
+                exchange.status = message["status"]
+                message["headers"] = [*message.get("headers", []), *exchange.extra_headers]
             await send(message)
 
         token = enter_request(context)
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, send_with_headers)
         finally:
             leave_request(token)
-            self._record(context, status, time.monotonic() - started)
+            self._record(context, exchange.status, time.monotonic() - started)
 
     def _record(self, context: RequestContext, status: int, seconds: float) -> None:
         method = context.method if context.method in _METHODS else "OTHER"

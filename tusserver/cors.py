@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from tusserver.middleware import ASGIApp, Message, Receive, Scope, Send, request_header
+from tusserver.middleware import ASGIApp, Receive, Scope, Send, exchange_of, request_header
 
 ALLOW_METHODS = "POST, HEAD, PATCH, OPTIONS, GET, DELETE"
 ALLOW_HEADERS = (
@@ -54,14 +54,10 @@ class CorsMiddleware:
             requested = request_header(scope, b"access-control-request-headers") or b""
             await self._preflight(origin, requested.decode("latin-1"), send)
             return
-        extra = [(b"access-control-expose-headers", EXPOSE_HEADERS.encode()), *self._origin_headers(origin)]
-
-        async def send_with_cors(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *extra]
-            await send(message)
-
-        await self.app(scope, receive, send_with_cors)
+        exchange_of(scope).extra_headers.extend(
+            [(b"access-control-expose-headers", EXPOSE_HEADERS.encode()), *self._origin_headers(origin)]
+        )
+        await self.app(scope, receive, send)
 
     def _origin_headers(self, origin: str) -> list[tuple[bytes, bytes]]:
         if self.any_origin:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from tusserver.middleware import ASGIApp, Message, Receive, Scope, Send, send_text
+from tusserver.middleware import ASGIApp, Receive, Scope, Send, exchange_of, send_text
 from tusserver.statements import RETRY_AFTER_SECONDS
 
 log = logging.getLogger(__name__)
@@ -32,22 +32,15 @@ class FailsafeMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+        exchange = exchange_of(scope)  # its status tells whether the answer has started
         try:
-            await self.app(scope, receive, tracking_send)
+            await self.app(scope, receive, send)
         except asyncio.CancelledError:
             log.info("request_cancelled method=%s path=%s reason=shutdown", scope["method"], scope["path"])
-            if not started:
+            if not exchange.status:
                 await send_text(send, scope["method"], 503, "server is shutting down, retry", RETRY)
         except Exception:
             log.exception("internal_error method=%s path=%s", scope["method"], scope["path"])
-            if not started:
+            if not exchange.status:
                 await send_text(send, scope["method"], 500, "internal server error")
             # else: return without finishing the response; the server closes the connection

@@ -1,4 +1,5 @@
-"""`TusMiddleware`: the protocol rules that hold for every request, as pure ASGI.
+"""`TusMiddleware`: the protocol rules that hold for every request, as pure ASGI; and `Exchange`, how
+the layers around the app add response headers without each wrapping `send`.
 
 It applies `X-HTTP-Method-Override` before routing (C-H8), refuses an HTTP/1.1 request without `Host`
 with 400 (RFC 9112 §3.2: servers like httptools let it through) and requests without a supported
@@ -30,6 +31,27 @@ _VERSION_PAIR = (_RESUMABLE, TUS_VERSION.encode())
 _EXEMPT = frozenset({"OPTIONS", "GET"})
 
 
+EXCHANGE = "tusserver.exchange"
+
+
+class Exchange:
+    """One HTTP request's response, as the middleware layers share it (`scope[EXCHANGE]`, made by
+    `AccessMiddleware`, the outermost): the headers each layer adds to whatever answer goes out,
+    and its status once it started (0 before). One `send` wrapper (the access layer's) applies
+    them, where each layer used to wrap `send` again: four calls for every message."""
+
+    __slots__ = ("extra_headers", "status")
+
+    def __init__(self, extra_headers: list[tuple[bytes, bytes]]) -> None:
+        self.extra_headers = extra_headers
+        self.status = 0
+
+
+def exchange_of(scope: Scope) -> Exchange:
+    exchange: Exchange = scope[EXCHANGE]
+    return exchange
+
+
 def request_header(scope: Scope, name: bytes) -> bytes | None:
     """The first value of a request header (`name` in lowercase), or None."""
     for key, value in scope["headers"]:
@@ -57,15 +79,10 @@ class TusMiddleware:
 
         interop = request_header(scope, _INTEROP)
         ietf = interop is not None and interop_of(interop.decode("latin-1")) is not None
-
-        async def send_with_version(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), _VERSION_PAIR]
-            await send(message)
-
-        respond = send if ietf else send_with_version
+        if not ietf:
+            exchange_of(scope).extra_headers.append(_VERSION_PAIR)
         if scope.get("http_version") == "1.1" and request_header(scope, b"host") is None:
-            await send_text(respond, scope["method"], 400, "an HTTP/1.1 request needs a Host header")
+            await send_text(send, scope["method"], 400, "an HTTP/1.1 request needs a Host header")
             return
         if (
             not ietf
@@ -74,9 +91,9 @@ class TusMiddleware:
         ):
             version = (TUS_VERSION_HEADER.lower().encode(), TUS_VERSION.encode())
             text = f"{TUS_RESUMABLE} must be {TUS_VERSION}"
-            await send_text(respond, scope["method"], 412, text, version)
+            await send_text(send, scope["method"], 412, text, version)
             return
-        await self.app(scope, receive, respond)
+        await self.app(scope, receive, send)
 
 
 async def send_text(send: Send, method: str, status: int, text: str, *extra: tuple[bytes, bytes]) -> None:
