@@ -15,7 +15,7 @@ from sqlalchemy.engine import Dialect
 
 from tusserver import records
 from tusserver.prepared import plan
-from tusserver.schema import UTCDateTime, metadata
+from tusserver.schema import StorageState, UTCDateTime, metadata
 
 DIALECTS = [sqlite.pysqlite.dialect(), postgresql.asyncpg.dialect()]  # type: ignore[no-untyped-call]
 
@@ -114,3 +114,24 @@ def test_rows_read_columns_in_the_order_the_driver_returns_them(tmp_path: Path) 
     assert checked >= 2
     connection.close()
     engine.dispose()
+
+
+@pytest.mark.parametrize("dialect", DIALECTS, ids=lambda dialect: dialect.name)
+def test_storage_state_is_json_as_sqlalchemy_writes_and_reads_it(dialect: Dialect) -> None:
+    """The empty storage state's shortcut writes and reads what SQLAlchemy's JSON does, and every
+    read is a dict of its own (a shared one could be changed under another upload)."""
+    ours, theirs = StorageState(), sa.JSON()
+    bind, their_bind = ours.bind_processor(dialect), theirs.bind_processor(dialect)  # type: ignore[no-untyped-call]
+    read, their_read = ours.result_processor(dialect, None), theirs.result_processor(dialect, None)
+    assert (bind is None) == (their_bind is None)
+    assert (read is None) == (their_read is None)
+    for state in ({}, {"key": "uploads/ab", "part": "3"}):
+        if bind is not None and their_bind is not None:
+            assert bind(state) == their_bind(state)
+            text = bind(state)
+            if read is not None and their_read is not None:
+                assert read(text) == their_read(text) == state
+    if read is not None:
+        first, second = read("{}"), read("{}")
+        assert first == second == {}
+        assert first is not second

@@ -80,6 +80,39 @@ def _utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
+class StorageState(sa.types.TypeDecorator[dict[str, Any]]):
+    """The storage backend's state of an upload (JSON): SQLAlchemy's JSON, except that the empty
+    state, which every upload in a local directory has, is written and read as a constant instead
+    of through `json.dumps` / `json.loads` (a tenth of a POST's SQL time)."""
+
+    impl = sa.JSON
+    cache_ok = True
+
+    def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any] | None:
+        general = self.impl_instance.bind_processor(dialect)
+        if general is None:
+            return None
+        empty = general({})
+
+        def process(value: Any) -> Any:
+            return empty if value == {} else general(value)
+
+        return process
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> Callable[[Any], Any] | None:
+        general = self.impl_instance.result_processor(dialect, coltype)
+        if general is None:
+            return None  # the driver decodes JSON itself (asyncpg)
+
+        def process(value: Any) -> Any:
+            return {} if value == _EMPTY_JSON else general(value)
+
+        return process
+
+
+_EMPTY_JSON = "{}"
+
+
 upload_table = sa.Table(
     "upload",
     metadata,
@@ -88,7 +121,7 @@ upload_table = sa.Table(
     sa.Column("length", sa.BigInteger, nullable=True),
     sa.Column("metadata", sa.Text, nullable=True),
     sa.Column("concat", sa.Text, nullable=True),
-    sa.Column("storage", sa.JSON, nullable=False),
+    sa.Column("storage", StorageState, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("expires_at", UTCDateTime, nullable=True, index=True),
