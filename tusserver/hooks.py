@@ -297,6 +297,9 @@ class Hooks:
     ) -> None:
         self.routes = dict(routes or {})
         self._blocking = list(blocking)
+        self._blocked = frozenset().union(*(events for _, events in self._blocking))
+        self._wanted = self._blocked.union(*(route.events for route in self.routes.values()))
+        """Asked of every request; receivers are fixed from here on."""
         self._progress = list(progress)
         self._progress_interval = progress_interval
         self._last_progress: dict[str, float] = {}
@@ -323,10 +326,10 @@ class Hooks:
 
     def blocks(self, kind: EventType) -> bool:
         """Whether a blocking hook listens for `kind` (`before` would ask it)."""
-        return any(kind in events for _, events in self._blocking)
+        return kind in self._blocked
 
     def wants(self, kind: EventType) -> bool:
-        return any(kind in route.events for route in self.routes.values()) or self.blocks(kind)
+        return kind in self._wanted
 
     def durable(
         self, kind: EventType, upload: Upload, storage: Mapping[str, str], request: RequestInfo | None
