@@ -153,6 +153,9 @@ class SqliteRunner:
         if self._connection is None:
             self._connection = self._engine.connect()
         connection = self._connection
+        statement, params = guard
+        if not follow and (prepared := self._plans.get(id(statement))) is not None:  # most requests
+            return _run_prepared(connection.connection.dbapi_connection, ((prepared, params),))
         plans = [self._plans.get(id(statement)) for statement, _ in (guard, *follow)]
         if all(plans):
             steps = [(p, params) for p, (_, params) in zip(plans, (guard, *follow), strict=True) if p]
