@@ -7,8 +7,8 @@ import pytest
 from starlette.datastructures import Headers
 from starlette.responses import Response
 
-from tusserver.answers import HeadersOnly
 from tusserver.endpoint import EndpointRequest, RequestHeaders
+from tusserver.handlers import HeadersOnly
 
 
 @pytest.mark.parametrize("status", [200, 201, 204, 304, 412])

@@ -7,11 +7,13 @@ a handler only moves values between the request, the service and the response. E
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
+
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from tusserver import metrics
-from tusserver.answers import HeadersOnly
 from tusserver.config import Settings
 from tusserver.core import Upload, is_upload_id, utcnow
 from tusserver.downloads import (
@@ -60,6 +62,30 @@ from tusserver.urls import public_base
 COLLECTION_METHODS = "OPTIONS, POST"
 _ACCESS_CHECKED = frozenset({"HEAD", "GET", "PATCH", "DELETE"})
 UPLOAD_METHODS = "OPTIONS, HEAD, GET, PATCH, DELETE"
+
+
+class HeadersOnly(Response):
+    """The answers without a body (201, 204, 200 to HEAD), most of what the server sends: the given
+    headers, and `Content-Length: 0` where the status allows a body, exactly as Starlette's
+    `Response` sends them, built without its general header handling (which lowercases and encodes
+    every name on every answer)."""
+
+    def __init__(self, status_code: int, headers: Mapping[str, str] | None = None) -> None:
+        self.status_code = status_code
+        self.background = None
+        self.body = b""
+        raw = [(_header_name(name), value.encode("latin-1")) for name, value in (headers or {}).items()]
+        if status_code >= 200 and status_code not in (204, 304):
+            raw.append(_NO_BODY)
+        self.raw_headers = raw
+
+
+_NO_BODY = (b"content-length", b"0")
+
+
+@functools.lru_cache(maxsize=256)
+def _header_name(name: str) -> bytes:
+    return name.lower().encode("latin-1")
 
 
 def _service(request: Request) -> UploadService:
