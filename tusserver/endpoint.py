@@ -21,7 +21,7 @@ from starlette.routing import BaseRoute, Match
 
 from tusserver import ietf_handlers
 from tusserver.errors import TusError
-from tusserver.middleware import Receive, Scope, Send
+from tusserver.middleware import Receive, Scope, Send, header_key
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -64,7 +64,7 @@ class RequestHeaders(Headers):
     tus header a request leaves out)."""
 
     def get(self, key: str, default: Any = None) -> Any:
-        name = _lowercase_name(key)
+        name = header_key(key)
         for header, value in self._list:
             if header == name:
                 return value.decode("latin-1")
@@ -74,17 +74,9 @@ class RequestHeaders(Headers):
 class EndpointRequest(Request):
     """The request the tus handlers get: its headers are `RequestHeaders`."""
 
-    @property
+    @functools.cached_property
     def headers(self) -> Headers:
-        headers: Headers | None = self.__dict__.get("_request_headers")
-        if headers is None:
-            headers = self.__dict__["_request_headers"] = RequestHeaders(scope=self.scope)
-        return headers
-
-
-@functools.lru_cache(maxsize=256)
-def _lowercase_name(name: str) -> bytes:
-    return name.lower().encode("latin-1")
+        return RequestHeaders(scope=self.scope)
 
 
 def error_response(method: str, problem: TusError) -> Response:

@@ -7,7 +7,6 @@ a handler only moves values between the request, the service and the response. E
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 
 from starlette.requests import Request
@@ -27,6 +26,7 @@ from tusserver.downloads import (
 from tusserver.errors import MethodNotAllowed, OffsetMismatch, TooLarge, TusError, UploadNotFound
 from tusserver.events import EventType, RequestInfo
 from tusserver.logs import note_upload
+from tusserver.middleware import header_key
 from tusserver.pipeline import Body, BodyReader
 from tusserver.protocol import (
     CACHE_CONTROL,
@@ -74,18 +74,13 @@ class HeadersOnly(Response):
         self.status_code = status_code
         self.background = None
         self.body = b""
-        raw = [(_header_name(name), value.encode("latin-1")) for name, value in (headers or {}).items()]
+        raw = [(header_key(name), value.encode("latin-1")) for name, value in (headers or {}).items()]
         if status_code >= 200 and status_code not in (204, 304):
             raw.append(_NO_BODY)
         self.raw_headers = raw
 
 
 _NO_BODY = (b"content-length", b"0")
-
-
-@functools.lru_cache(maxsize=256)
-def _header_name(name: str) -> bytes:
-    return name.lower().encode("latin-1")
 
 
 def _service(request: Request) -> UploadService:

@@ -11,6 +11,7 @@ exempt from both: it speaks the draft, not tus 1.0.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Collection, MutableMapping
 from typing import Any
 
@@ -50,6 +51,12 @@ class Exchange:
 def exchange_of(scope: Scope) -> Exchange:
     exchange: Exchange = scope[EXCHANGE]
     return exchange
+
+
+@functools.lru_cache(maxsize=256)
+def header_key(name: str) -> bytes:
+    """A header name as ASGI carries it: lowercase bytes (made once per name)."""
+    return name.lower().encode("latin-1")
 
 
 def request_header(scope: Scope, name: bytes) -> bytes | None:
