@@ -23,7 +23,8 @@ from tests.conftest import AppClient
 from tests.helpers import BASE, create, patch
 from tusserver import Settings, records
 from tusserver.database import make_engine, migrate
-from tusserver.statements import Params, Ran, StatementRunner
+from tusserver.prepared import Params, Ran
+from tusserver.statements import StatementRunner
 
 pytestmark = pytest.mark.anyio
 

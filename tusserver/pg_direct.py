@@ -28,8 +28,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from tusserver.pg_pool import ConnectionPool
-from tusserver.prepared import Plan, plan
-from tusserver.statements import Params, Ran, Step, unavailable
+from tusserver.prepared import Params, Plan, Ran, plan
+from tusserver.statements import Step, unavailable
 
 Processor = Callable[[Any], Any]
 _OUTAGES = (

@@ -18,6 +18,16 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 
 Processor = Callable[[Any], Any]
+Params = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Ran:
+    """What a statement gave back: its rows (RETURNING or SELECT) and how many rows it changed."""
+
+    rows: Sequence[Any]
+    """`sqlalchemy.Row`s, or rows that read the same way (`row.name`, `row._mapping`)."""
+    rowcount: int
 
 
 class Row(dict[str, Any]):

@@ -30,14 +30,24 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.sql.dml import UpdateBase
 
 from tusserver.errors import ServiceUnavailable, StorageFull
-from tusserver.prepared import Plan, plan
+from tusserver.prepared import Params, Ran, plan
+from tusserver.sqlite_groups import (
+    CommitGroups,
+    GroupRunner,
+    Members,
+    Outcomes,
+    PlannedStep,
+    Regroup,
+    run_group,
+    run_steps,
+)  # fmt: skip
 
 log = logging.getLogger(__name__)
 RETRY_AFTER_SECONDS = "5"
@@ -56,16 +66,6 @@ _SQLITE_OUTAGE = frozenset({7, 8, 10, 11, 14, 15, 26})
 """NOMEM, READONLY, IOERR, CORRUPT, CANTOPEN, PROTOCOL, NOTADB: the database file cannot be used."""
 
 
-@dataclass(frozen=True)
-class Ran:
-    """What a statement gave back: its rows (RETURNING or SELECT) and how many rows it changed."""
-
-    rows: Sequence[Any]
-    """`sqlalchemy.Row`s, or rows that read the same way (`row.name`, `row._mapping`)."""
-    rowcount: int
-
-
-Params = dict[str, Any]
 Step = tuple[sa.Executable, Params]
 
 
@@ -116,6 +116,8 @@ class SqliteRunner:
         self._checkpointer: asyncio.Task[None] | None = None
         self._statements_since_checkpoint = 0
         self._plans = {id(statement): plan(statement, self._engine.dialect) for statement in prepared}
+        self._writes = frozenset(id(statement) for statement in prepared if isinstance(statement, UpdateBase))
+        self._groups = CommitGroups(self._run_group, self._in_thread if fsync else None)
 
     async def run(self, statement: sa.Executable, params: Params | None = None) -> Ran:
         return await self._patiently((statement, params or {}), ())
@@ -124,13 +126,21 @@ class SqliteRunner:
         return await self._patiently(guard, follow)
 
     async def _patiently(self, guard: Step, follow: Sequence[Step]) -> Ran:
-        """Run now, retrying while another process holds the database lock, up to BUSY_PATIENCE."""
+        """Run now (a write: with the others of this loop turn, `sqlite_groups.py`), retrying while
+        another process holds the database lock, up to BUSY_PATIENCE."""
         self._start_checkpoints()
         self._statements_since_checkpoint += 1
+        grouped = self._planned_write(guard, follow)
         deadline = time.monotonic() + BUSY_PATIENCE
         retries = 0
         while True:
             try:
+                if grouped is not None:
+                    steps, grouped = grouped, None  # retries run alone
+                    try:
+                        return await self._groups.submit(steps)
+                    except Regroup:
+                        continue
                 if self._thread is None:
                     return self._run_now(guard, follow)
                 loop = asyncio.get_running_loop()
@@ -149,17 +159,41 @@ class SqliteRunner:
             await asyncio.sleep(_busy_delay(retries))
             retries += 1
 
-    def _run_now(self, guard: Step, follow: Sequence[Step]) -> Ran:
+    def _planned_write(self, guard: Step, follow: Sequence[Step]) -> list[PlannedStep] | None:
+        """A write whose steps are all prepared, as the plans a commit group runs; else None."""
+        if id(guard[0]) not in self._writes:
+            return None
+        steps = []
+        for statement, params in (guard, *follow):
+            prepared = self._plans.get(id(statement))
+            if prepared is None:
+                return None
+            steps.append((prepared, params))
+        return steps
+
+    def _raw(self) -> Any:
+        """The pysqlite connection itself."""
         if self._connection is None:
             self._connection = self._engine.connect()
-        connection = self._connection
+        return self._connection.connection.dbapi_connection
+
+    def _run_group(self, members: Members) -> Outcomes:
+        return run_group(self._raw(), members)
+
+    async def _in_thread(self, run: GroupRunner, members: Members) -> Outcomes:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, run, members)
+
+    def _run_now(self, guard: Step, follow: Sequence[Step]) -> Ran:
         statement, params = guard
         if not follow and (prepared := self._plans.get(id(statement))) is not None:  # most requests
-            return _run_prepared(connection.connection.dbapi_connection, ((prepared, params),))
+            return run_steps(self._raw(), ((prepared, params),))
         plans = [self._plans.get(id(statement)) for statement, _ in (guard, *follow)]
         if all(plans):
             steps = [(p, params) for p, (_, params) in zip(plans, (guard, *follow), strict=True) if p]
-            return _run_prepared(connection.connection.dbapi_connection, steps)
+            return run_steps(self._raw(), steps)
+        self._raw()
+        connection = self._connection
+        assert connection is not None
         try:
             result = connection.execute(*guard)
             rows = result.all() if result.returns_rows else []
@@ -205,38 +239,6 @@ def _busy_delay(retries: int) -> float:
     the write lock for tens of microseconds a statement, so the first two retries only let the
     requests that are ready go first; then 1, 2, 4 ... 50 ms (a checkpoint, a long transaction)."""
     return 0.0 if retries < 2 else min(0.001 * 2 ** (retries - 2), 0.05)
-
-
-def _run_prepared(raw: Any, steps: Sequence[tuple[Plan, Params]]) -> Ran:
-    """Prepared statements on the pysqlite connection itself (in autocommit mode, see `_tune`): one
-    statement is its own transaction; several run inside BEGIN ... COMMIT. A transaction left open
-    by a failure whose ROLLBACK failed too is rolled back first, so it cannot swallow later writes."""
-    if raw.in_transaction:
-        raw.rollback()
-    if len(steps) == 1:
-        return _execute(raw, *steps[0])
-    raw.execute("BEGIN")
-    try:
-        first = _execute(raw, *steps[0])
-        if first.rowcount:
-            for step in steps[1:]:
-                _execute(raw, *step)
-        raw.commit()
-    except BaseException:
-        raw.rollback()
-        raise
-    return first
-
-
-def _execute(raw: Any, prepared: Plan, params: Params) -> Ran:
-    cursor = raw.execute(prepared.sql, prepared.arguments(params))
-    try:
-        if prepared.returns_rows:
-            rows = [prepared.row(values) for values in cursor.fetchall()]
-            return Ran(rows, len(rows))
-        return Ran([], cursor.rowcount)
-    finally:
-        cursor.close()
 
 
 def _tune(synchronous: str) -> Callable[[Any, object], None]:
