@@ -1,7 +1,7 @@
 """Running one SQL statement as cheaply as each database allows, and translating its failures.
 
-Every query of `records.py` is a single statement in a transaction of its own, so the runners only
-need `run(statement)`:
+Every query of `records.py` is a single statement in a transaction of its own (or a guarded one with
+the hook events it causes), so the runners only need `run(statement)` and `run_guarded`:
 
 - `SqliteRunner`: one pysqlite connection used on the event loop. A primary-key statement on SQLite
   in WAL mode costs tens of microseconds, where a thread hop per call (aiosqlite: five or six per
@@ -11,8 +11,9 @@ need `run(statement)`:
   `busy_timeout` is 0 and a busy database is retried after an `asyncio.sleep` with backoff (other
   processes, `--workers`, may hold it). WAL checkpoints, which fsync, run in a thread every second
   instead of inside a commit on the loop, and make the WAL start over even under a steady stream of
-  writes (`_checkpoint`). With `--fsync` every commit fsyncs, so then the
-  statements run in one database thread instead (one hop per statement).
+  writes (`_checkpoint`). The writes of one loop turn commit together (`sqlite_groups.py`). With
+  `--fsync` every commit fsyncs, so then the statements run in one database thread instead (one hop
+  per read, one per group of writes).
 - PostgreSQL: `pg_direct.py`.
 
 Only failures of the database as a service become `ServiceUnavailable` (503 + Retry-After): it cannot
@@ -47,7 +48,7 @@ from tusserver.sqlite_groups import (
     Regroup,
     run_group,
     run_steps,
-)  # fmt: skip
+)
 
 log = logging.getLogger(__name__)
 RETRY_AFTER_SECONDS = "5"
@@ -171,11 +172,14 @@ class SqliteRunner:
             steps.append((prepared, params))
         return steps
 
-    def _raw(self) -> Any:
-        """The pysqlite connection itself."""
+    def _connected(self) -> sa.Connection:
         if self._connection is None:
             self._connection = self._engine.connect()
-        return self._connection.connection.dbapi_connection
+        return self._connection
+
+    def _raw(self) -> Any:
+        """The pysqlite connection itself."""
+        return self._connected().connection.dbapi_connection
 
     def _run_group(self, members: Members) -> Outcomes:
         return run_group(self._raw(), members)
@@ -191,9 +195,7 @@ class SqliteRunner:
         if all(plans):
             steps = [(p, params) for p, (_, params) in zip(plans, (guard, *follow), strict=True) if p]
             return run_steps(self._raw(), steps)
-        self._raw()
-        connection = self._connection
-        assert connection is not None
+        connection = self._connected()
         try:
             result = connection.execute(*guard)
             rows = result.all() if result.returns_rows else []
