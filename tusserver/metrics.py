@@ -5,15 +5,19 @@ Metrics are module-level, as prometheus-client intends. With `--workers N` the `
 command sets `PROMETHEUS_MULTIPROC_DIR` before the workers start, so each worker's values live in
 memory-mapped files there and a scrape of any worker adds them all up (`MultiProcessCollector`).
 Counting is cheap by design: the write path counts once per request body (and at its checkpoints),
-never per chunk. What comes from the database or the disk (incomplete uploads, hook backlog, free
-space) is not here but in `observed.py`, computed at scrape time from a cache.
+never per chunk, and the per-request series are plain Python counts read at scrape time
+(`RequestTally`; with workers, the shared values). What comes from the database or the disk
+(incomplete uploads, hook backlog, free space) is not here but in `observed.py`, computed at scrape
+time from a cache.
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
+import itertools
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from prometheus_client import (
     CollectorRegistry,
@@ -25,7 +29,9 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.utils import floatToGoString
 
 from tusserver.core import Upload, utcnow
 from tusserver.errors import StorageUnavailable, TusError, UploadDataLost
@@ -48,20 +54,9 @@ SIZE_CLASSES = ((_MiB, "0-1MiB"), (10 * _MiB, "1-10MiB"), (100 * _MiB, "10-100Mi
                 (1024 * _MiB, "100MiB-1GiB"), (10 * 1024 * _MiB, "1-10GiB"))  # fmt: skip
 LARGEST_CLASS = "10GiB+"
 
-requests = Counter(
-    "tusserver_http_requests", "HTTP requests answered, by method and status.",
-    ["method", "status"], registry=_REGISTRY,
-)  # fmt: skip
-request_duration = Histogram(
-    "tusserver_http_request_duration_seconds",
-    "Time to answer a request other than PATCH, by method.",
-    ["method"], buckets=_FAST, registry=_REGISTRY,
-)  # fmt: skip
-patch_duration = Histogram(
-    "tusserver_patch_duration_seconds",
-    "Time a PATCH request took, from its headers to its answer (it streams for minutes).",
-    buckets=_LONG, registry=_REGISTRY,
-)  # fmt: skip
+_REQUESTS_HELP = "HTTP requests answered, by method and status."
+_REQUEST_DURATION_HELP = "Time to answer a request other than PATCH, by method."
+_PATCH_DURATION_HELP = "Time a PATCH request took, from its headers to its answer (it streams for minutes)."
 uploads_created = Counter("tusserver_uploads_created", "Uploads created.", registry=_REGISTRY)
 uploads_finished = Counter("tusserver_uploads_finished", "Uploads completed.", registry=_REGISTRY)
 uploads_terminated = Counter(
@@ -121,23 +116,95 @@ _CAUSES: dict[int, str] = {
 }  # fmt: skip
 
 
-def request_answered(method: str, status: str, seconds: float) -> None:
-    """Count one answered request (`method` one of a fixed set, `status` its code or "none")."""
-    _requests_of(method, status).inc()
-    if method == "PATCH":
-        patch_duration.observe(seconds)
-    else:
-        _duration_of(method).observe(seconds)
+class RequestTally:
+    """The request series (`tusserver_http_requests_total` and the two duration histograms) of one
+    process, counted in plain Python on the event loop (no lock: `count` is called there only) and
+    read at scrape time (`collect`).
+    prometheus-client locks a value for every increment: a request's four locked increments were
+    4.5 % of the instructions of a POST + HEAD. With `--workers` the series must add up across the
+    workers, so there they are prometheus-client's own shared values (`SharedRequestSeries`)."""
+
+    def __init__(self) -> None:
+        self.answered: dict[tuple[str, str], int] = {}
+        self.durations: dict[str, list[float]] = {}
+        """Per method: how many answers fell in each bucket (not cumulative; the last is +Inf), then
+        the sum of their durations."""
+
+    def count(self, method: str, status: str, seconds: float) -> None:
+        key = (method, status)
+        answered = self.answered
+        answered[key] = answered.get(key, 0) + 1
+        bounds = _bounds(method)
+        durations = self.durations.get(method) or self.durations.setdefault(method, _empty(bounds))
+        durations[bisect.bisect_left(bounds, seconds)] += 1
+        durations[-1] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily("tusserver_http_requests", _REQUESTS_HELP, labels=["method", "status"])
+        for labels, count in self.answered.items():
+            requests.add_metric(labels, count)
+        yield requests
+        timed = HistogramMetricFamily(
+            "tusserver_http_request_duration_seconds", _REQUEST_DURATION_HELP, labels=["method"]
+        )
+        for method, durations in self.durations.items():
+            if method != "PATCH":
+                timed.add_metric([method], _cumulative(_FAST, durations), durations[-1])
+        yield timed
+        patches = HistogramMetricFamily("tusserver_patch_duration_seconds", _PATCH_DURATION_HELP)
+        durations = self.durations.get("PATCH") or _empty(_LONG)
+        patches.add_metric([], _cumulative(_LONG, durations), durations[-1])
+        yield patches
 
 
-@functools.lru_cache(maxsize=1024)
-def _requests_of(method: str, status: str) -> Counter:
-    return requests.labels(method, status)  # labels() costs more than the increment: looked up once
+def _bounds(method: str) -> tuple[float, ...]:
+    return _LONG if method == "PATCH" else _FAST
 
 
-@functools.lru_cache(maxsize=64)
-def _duration_of(method: str) -> Histogram:
-    return request_duration.labels(method)
+def _empty(bounds: Sequence[float]) -> list[float]:
+    """No answer yet: a zero per bucket, +Inf's too, and a zero sum."""
+    return [0.0] * (len(bounds) + 2)
+
+
+def _cumulative(bounds: Sequence[float], durations: Sequence[float]) -> list[tuple[str, float]]:
+    """Histogram buckets as the exposition has them: `le` bounds with cumulative counts."""
+    names = [*map(floatToGoString, bounds), "+Inf"]
+    return list(zip(names, itertools.accumulate(durations[:-1]), strict=True))
+
+
+class SharedRequestSeries:
+    """The request series as prometheus-client's multiprocess values (`--workers`)."""
+
+    def __init__(self) -> None:
+        self.requests = Counter(
+            "tusserver_http_requests", _REQUESTS_HELP, ["method", "status"], registry=None
+        )
+        self.request_duration = Histogram(
+            "tusserver_http_request_duration_seconds", _REQUEST_DURATION_HELP, ["method"],
+            buckets=_FAST, registry=None,
+        )  # fmt: skip
+        self.patch_duration = Histogram(
+            "tusserver_patch_duration_seconds", _PATCH_DURATION_HELP, buckets=_LONG, registry=None
+        )
+        self._requests_of = functools.lru_cache(maxsize=1024)(self.requests.labels)
+        self._duration_of = functools.lru_cache(maxsize=64)(self.request_duration.labels)
+        """`labels()` costs more than the increment: looked up once per label set."""
+
+    def count(self, method: str, status: str, seconds: float) -> None:
+        self._requests_of(method, status).inc()
+        if method == "PATCH":
+            self.patch_duration.observe(seconds)
+        else:
+            self._duration_of(method).observe(seconds)
+
+
+if _REGISTRY is None:
+    request_answered: Callable[[str, str, float], None] = SharedRequestSeries().count
+else:
+    _tally = RequestTally()
+    _REGISTRY.register(_tally)
+    request_answered = _tally.count
+"""Count one answered request (`method` one of a fixed set, `status` its code or "none")."""
 
 
 def failure_cause(problem: TusError) -> str:
