@@ -27,6 +27,8 @@ import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from tusserver.commit_groups import AwaitedCommitGroups, Members, Outcomes, Regroup
+from tusserver.errors import ServiceUnavailable
 from tusserver.pg_pool import ConnectionPool
 from tusserver.prepared import Params, Plan, Ran, plan
 from tusserver.statements import Step, unavailable
@@ -161,12 +163,45 @@ class DirectRunner:
         self._dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
         self._pool = ConnectionPool(self._new_connection, pool_size, timeout)
         self._plans = {id(statement): plan(statement, engine.dialect) for statement in prepared}
+        self._insert_groups = {
+            id(statement): AwaitedCommitGroups(self._insert_together, one_at_a_time=False)
+            for statement in prepared
+            if _single_row_insert(statement)
+        }
 
     async def run(self, statement: sa.Executable, params: Params | None = None) -> Ran:
         prepared = self._plans.get(id(statement))
         if prepared is None:
             return await self._fallback.run(statement, params)
-        return await self._on_connection(lambda connection: self._execute(connection, prepared, params or {}))
+        params = params or {}
+        groups = self._insert_groups.get(id(statement))
+        if groups is not None:
+            try:
+                return await groups.submit(((prepared, params),))
+            except Regroup:
+                pass  # its group failed as a whole: alone now
+        return await self._on_connection(lambda connection: self._execute(connection, prepared, params))
+
+    async def _insert_together(self, members: Members) -> Outcomes:
+        """The single-row INSERTs of one statement that requests made in one loop turn, in one round
+        trip (asyncpg's `executemany`: pipelined, and atomic). If they fail as a whole for any
+        reason but an outage (a key taken), each request inserts again alone and meets its own
+        error, if any. Each INSERT costs about 118 µs of CPU alone and 33 µs in fours."""
+        steps = [step for (step,) in members]
+        if len(steps) == 1:
+            try:
+                return [await self._on_connection(lambda connection: self._execute(connection, *steps[0]))]
+            except Exception as exc:
+                return [exc]
+        prepared = steps[0][0]
+        try:
+            arguments = [prepared.arguments(params) for _, params in steps]
+            await self._on_connection(lambda connection: self._execute_many(connection, prepared, arguments))
+        except ServiceUnavailable as exc:
+            return [exc] * len(steps)
+        except Exception:
+            return [Regroup() for _ in steps]
+        return [Ran([], 1) for _ in steps]
 
     async def run_guarded(self, guard: Step, follow: Sequence[Step]) -> Ran:
         plans = [self._plans.get(id(statement)) for statement, _ in (guard, *follow)]
@@ -213,6 +248,12 @@ class DirectRunner:
         status = await connection.execute(prepared.sql, *arguments, timeout=self._timeout)
         return Ran([], int(status.rsplit(" ", 1)[-1]))
 
+    async def _execute_many(
+        self, connection: asyncpg.Connection, prepared: Plan, arguments: list[list[Any]]
+    ) -> Ran:
+        await connection.executemany(prepared.sql, arguments, timeout=self._timeout)
+        return Ran([], len(arguments))
+
     async def _new_connection(self) -> asyncpg.Connection:
         connection = await asyncpg.connect(self._dsn, **connect_arguments(self._timeout))
         try:
@@ -230,6 +271,16 @@ class DirectRunner:
     async def close(self) -> None:
         await self._pool.close()
         await self._fallback.close()
+
+
+def _single_row_insert(statement: sa.Executable) -> bool:
+    """An INSERT of one row from its VALUES that returns nothing: each one inserts exactly one row."""
+    return (
+        isinstance(statement, sa.Insert)
+        and statement.select is None
+        and not statement._returning
+        and not statement._multi_values
+    )
 
 
 async def _set_up(connection: asyncpg.Connection) -> None:

@@ -1,5 +1,5 @@
-"""Prepared statements on a pysqlite connection, one request's at a time or grouped: the writes
-that arrive in one turn of the event loop commit in one SQLite transaction (group commit).
+"""Prepared statements on a pysqlite connection, one request's at a time or a group of them (the
+writes of one turn of the event loop, `commit_groups.py`) in one SQLite transaction (group commit).
 
 A commit is most of a small write's cost: SQLite appends every page the statement changed (the
 table's, each index's) to the WAL, and with `--fsync` it fsyncs. Concurrent requests change the
@@ -18,21 +18,11 @@ Each request's steps still succeed or fail on their own, with the error they wou
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
+from tusserver.commit_groups import Members, Outcomes, PlannedStep, Regroup
 from tusserver.prepared import Params, Plan, Ran
-
-PlannedStep = tuple[Plan, Params]
-Members = Sequence[Sequence[PlannedStep]]
-"""Per request in a group, its steps."""
-Outcomes = list[Ran | BaseException]
-"""Per request in a group, what its steps gave back or the error they met."""
-
-
-class Regroup(Exception):
-    """The group this request's writes were in was rolled back: run them again, alone."""
 
 
 def run_steps(raw: Any, steps: Sequence[PlannedStep]) -> Ran:
@@ -114,79 +104,3 @@ def execute(raw: Any, prepared: Plan, params: Params) -> Ran:
         return Ran([], cursor.rowcount)
     finally:
         cursor.close()
-
-
-GroupRunner = Callable[[Members], Outcomes]
-InThread = Callable[[GroupRunner, Members], Awaitable[Outcomes]]
-Futures = list[asyncio.Future[Ran]]
-
-
-class CommitGroups:
-    """Gathers the writes submitted in one turn of the event loop and runs them as one group at the
-    turn's end: on the loop itself, or (`thread` given: every commit fsyncs) in the database thread,
-    where the writes submitted while one group runs make up the next."""
-
-    def __init__(self, run: GroupRunner, thread: InThread | None = None) -> None:
-        self._run = run
-        self._thread = thread
-        self._waiting: list[Sequence[PlannedStep]] = []
-        self._futures: Futures = []
-        self._running: asyncio.Task[None] | None = None
-
-    def submit(self, steps: Sequence[PlannedStep]) -> asyncio.Future[Ran]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Ran] = loop.create_future()
-        if not self._waiting and self._running is None:
-            loop.call_soon(self._start)
-        self._waiting.append(steps)
-        self._futures.append(future)
-        return future
-
-    def _start(self) -> None:
-        members, futures = self._take()
-        if not members:
-            return
-        if self._thread is None:
-            _settle(futures, _outcomes(self._run, members))
-        else:
-            self._running = asyncio.create_task(self._in_thread(self._thread, members, futures))
-
-    async def _in_thread(self, thread: InThread, members: Members, futures: Futures) -> None:
-        try:
-            while members:
-                try:
-                    outcomes = await thread(self._run, members)
-                except Exception as exc:  # the thread could not run it at all (shutting down)
-                    outcomes = [exc] * len(members)
-                _settle(futures, outcomes)
-                members, futures = self._take()
-        finally:
-            self._running = None
-            for future in futures:  # cancelled (the loop is closing): so are the requests waiting
-                future.cancel()
-
-    def _take(self) -> tuple[list[Sequence[PlannedStep]], Futures]:
-        """What waits, less the writes whose requests were cancelled meanwhile: they never run."""
-        members, futures = self._waiting, self._futures
-        self._waiting, self._futures = [], []
-        if any(future.done() for future in futures):
-            kept = [pair for pair in zip(members, futures, strict=True) if not pair[1].done()]
-            members, futures = [steps for steps, _ in kept], [future for _, future in kept]
-        return members, futures
-
-
-def _outcomes(run: GroupRunner, members: Members) -> Outcomes:
-    try:
-        return run(members)
-    except Exception as exc:  # no connection to run them on
-        return [exc] * len(members)
-
-
-def _settle(futures: Futures, outcomes: Outcomes) -> None:
-    for future, outcome in zip(futures, outcomes, strict=True):
-        if future.done():  # its request was cancelled while the group ran in the thread
-            continue
-        if isinstance(outcome, BaseException):
-            future.set_exception(outcome)
-        else:
-            future.set_result(outcome)

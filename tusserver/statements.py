@@ -11,9 +11,9 @@ the hook events it causes), so the runners only need `run(statement)` and `run_g
   `busy_timeout` is 0 and a busy database is retried after an `asyncio.sleep` with backoff (other
   processes, `--workers`, may hold it). WAL checkpoints, which fsync, run in a thread every second
   instead of inside a commit on the loop, and make the WAL start over even under a steady stream of
-  writes (`_checkpoint`). The writes of one loop turn commit together (`sqlite_groups.py`). With
-  `--fsync` every commit fsyncs, so then the statements run in one database thread instead (one hop
-  per read, one per group of writes).
+  writes (`_checkpoint`). The writes of one loop turn commit together (`commit_groups.py`,
+  `sqlite_groups.py`). With `--fsync` every commit fsyncs, so then the statements run in one
+  database thread instead (one hop per read, one per group of writes).
 - PostgreSQL: `pg_direct.py`.
 
 Only failures of the database as a service become `ServiceUnavailable` (503 + Retry-After): it cannot
@@ -37,18 +37,18 @@ import sqlalchemy as sa
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.dml import UpdateBase
 
-from tusserver.errors import ServiceUnavailable, StorageFull
-from tusserver.prepared import Params, Ran, plan
-from tusserver.sqlite_groups import (
+from tusserver.commit_groups import (
+    AwaitedCommitGroups,
     CommitGroups,
-    GroupRunner,
+    LoopCommitGroups,
     Members,
     Outcomes,
     PlannedStep,
     Regroup,
-    run_group,
-    run_steps,
 )
+from tusserver.errors import ServiceUnavailable, StorageFull
+from tusserver.prepared import Params, Ran, plan
+from tusserver.sqlite_groups import run_group, run_steps
 
 log = logging.getLogger(__name__)
 RETRY_AFTER_SECONDS = "5"
@@ -118,7 +118,11 @@ class SqliteRunner:
         self._statements_since_checkpoint = 0
         self._plans = {id(statement): plan(statement, self._engine.dialect) for statement in prepared}
         self._writes = frozenset(id(statement) for statement in prepared if isinstance(statement, UpdateBase))
-        self._groups = CommitGroups(self._run_group, self._in_thread if fsync else None)
+        self._groups: CommitGroups = (
+            AwaitedCommitGroups(self._run_group_in_thread, one_at_a_time=True)
+            if fsync
+            else LoopCommitGroups(self._run_group)
+        )
 
     async def run(self, statement: sa.Executable, params: Params | None = None) -> Ran:
         return await self._patiently((statement, params or {}), ())
@@ -184,8 +188,8 @@ class SqliteRunner:
     def _run_group(self, members: Members) -> Outcomes:
         return run_group(self._raw(), members)
 
-    async def _in_thread(self, run: GroupRunner, members: Members) -> Outcomes:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, run, members)
+    async def _run_group_in_thread(self, members: Members) -> Outcomes:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, self._run_group, members)
 
     def _run_now(self, guard: Step, follow: Sequence[Step]) -> Ran:
         statement, params = guard
