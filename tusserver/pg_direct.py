@@ -278,8 +278,8 @@ def _single_row_insert(statement: sa.Executable) -> bool:
     return (
         isinstance(statement, sa.Insert)
         and statement.select is None
-        and not statement._returning
-        and not statement._multi_values
+        and not statement.returning_column_descriptions
+        and not statement._multi_values  # `values([...])` with several rows: no public name for it
     )
 
 
