@@ -23,7 +23,8 @@ from tests.servers import REPO_ROOT, ServerProcess, worker_pids
 from tusserver import Settings
 from tusserver.allocator import MALLOC_ENV, tune_malloc
 from tusserver.core import Upload, utcnow
-from tusserver.locking import Lease, LeaseState
+from tusserver.locking import Lease, LeaseState, UploadLocks
+from tusserver.pipeline import READ_AHEAD
 from tusserver.statements import SqliteRunner
 from tusserver.storage import LocalStorage
 
@@ -187,3 +188,59 @@ async def test_tus_extension_follows_the_storage_capabilities(settings: Settings
             assert refused.status_code == 400
         finally:
             service.storage.close()
+
+
+@pytest.mark.parametrize("size", [1_500_000, 6 << 20])
+async def test_a_large_body_is_read_while_the_lease_is_taken_and_stored_whole(
+    settings: Settings, size: int
+) -> None:
+    """A PATCH that must wait for the lease reads its body's first bytes meanwhile (at most
+    READ_AHEAD), and every byte lands in order once it holds the lease."""
+    chunk = 64 << 10
+    body = bytes(range(256)) * (size // 256) + b"z" * (size % 256)
+    app_client = AppClient(settings)
+    async with app_client as client:
+        path = await create(client, size)
+        consumed = [0]
+        read_while_held = asyncio.Event()
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for start in range(0, size, chunk):
+                piece = body[start : start + chunk]
+                consumed[0] = start + len(piece)
+                if consumed[0] >= min(size, READ_AHEAD):
+                    read_while_held.set()
+                yield piece
+
+        locks: UploadLocks = app_client.app.state.service.locks
+        async with locks.hold(path.rsplit("/", 1)[1]):  # another request holds the upload
+            waiting = asyncio.create_task(
+                client.patch(path, content=chunks(), headers={**OCTETS, "Upload-Offset": "0"})
+            )
+            async with asyncio.timeout(5):
+                await read_while_held.wait()
+            await asyncio.sleep(0.05)  # room to read on, if it would (it must not: the limit)
+            assert min(size, READ_AHEAD) <= consumed[0] <= READ_AHEAD + chunk
+        answer = await waiting
+        assert answer.status_code == 204, answer.text
+        assert answer.headers["Upload-Offset"] == str(size)
+        stored = (settings.uploads_dir / path.rsplit("/", 1)[1]).read_bytes()
+        assert hashlib.sha256(stored).digest() == hashlib.sha256(body).digest()
+
+
+async def test_a_body_read_ahead_for_a_wrong_offset_stores_nothing(settings: Settings) -> None:
+    async with AppClient(settings) as client:
+        path = await create(client, 2 << 20)
+        assert (await patch(client, path, 0, b"a" * 1000)).status_code == 204
+        wrong = await client.patch(
+            path, content=_in_chunks(b"b" * (1 << 20)), headers={**OCTETS, "Upload-Offset": "0"}
+        )
+        assert wrong.status_code == 409
+        assert wrong.headers["Upload-Offset"] == "1000"
+        assert (settings.uploads_dir / path.rsplit("/", 1)[1]).read_bytes() == b"a" * 1000
+        assert await offset_of(client, path) == 1000
+
+
+async def _in_chunks(data: bytes, size: int = 64 << 10) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -63,11 +64,21 @@ from tusserver.statements import RETRY_AFTER_SECONDS
 
 log = logging.getLogger(__name__)
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+READ_AHEAD = 4 << 20
+"""Body bytes one PATCH may read while its lease is taken (the database's round trip)..."""
+READ_AHEAD_TOTAL = 8 << 20
+"""... and all PATCHes of this process at once."""
+READ_AHEAD_FROM = 256 << 10
+"""Smaller bodies arrive with their headers: nothing to overlap."""
 
 
 class BodyReader:
     """The request body straight from ASGI `receive`. `next()` returns the next chunk, or b"" when
-    the body ended (`ended`) or the reader was poked; it never raises for a disconnect."""
+    the body ended (`ended`) or the reader was poked; it never raises for a disconnect.
+
+    While the request waits for its lease, a task may read ahead (`start_reading_ahead`): the
+    chunks it takes are handed out first, and a `next()` that finds it still waiting on the client
+    waits for that same `receive()` (shielded: a poke never cancels a `receive()` of its)."""
 
     def __init__(self, receive: Receive) -> None:
         self._receive = receive
@@ -78,6 +89,9 @@ class BodyReader:
         self.disconnected = False
         self.received = 0
         """Body bytes handed out so far."""
+        self._early: deque[bytes] = deque()
+        self._ahead: asyncio.Task[None] | None = None
+        self._ahead_stop = False
 
     def poke(self) -> None:
         """Wake a `next()` that waits for the client (stop, checkpoint); harmless otherwise."""
@@ -86,33 +100,76 @@ class BodyReader:
             self._task.cancel()
 
     async def next(self) -> bytes:
+        while self._ahead is not None or self._early:
+            if self._early:
+                return self._handed(self._early.popleft())
+            ahead = self._ahead
+            assert ahead is not None
+            if ahead.done():
+                self._ahead = None
+                ahead.result()
+            elif await self._wait(asyncio.shield(ahead)) is _POKED:
+                return b""
         if self.ended:
             return b""
+        message = await self._wait(self._receive())
+        return b"" if message is _POKED else self._handed(self._chunk(message))
+
+    def start_reading_ahead(self, limit: int) -> None:
+        """Read up to `limit` bytes in a task of its own while the request waits for something else
+        (its lease: a database round trip), so that wait overlaps the body's first bytes. Stops at
+        `limit`, at the end of the body, or after the `receive()` under way at `stop_reading_ahead`."""
+        self._ahead = asyncio.ensure_future(self._read_ahead(limit))
+
+    def stop_reading_ahead(self) -> None:
+        self._ahead_stop = True
+
+    def abandon(self) -> None:
+        """The request is answered without (the rest of) its body: a read-ahead still waiting ends."""
+        self._ahead_stop = True
+        if self._ahead is not None and not self._ahead.done():
+            self._ahead.cancel()
+
+    async def _read_ahead(self, limit: int) -> None:
+        taken = 0
+        while not self._ahead_stop and taken < limit and not self.ended:
+            chunk = self._chunk(await self._receive())
+            if chunk:
+                self._early.append(chunk)
+                taken += len(chunk)
+
+    async def _wait(self, awaitable: Awaitable[Any]) -> Any:
+        """`awaitable`'s result, or `_POKED` if `poke()` woke this first."""
         self._task = asyncio.current_task()
         self._waiting = True
         try:
-            message = await self._receive()
+            return await awaitable
         except asyncio.CancelledError:
             if not self._poked or self._task is None:
                 raise
             self._task.uncancel()  # our own poke: the receive stays intact, its bytes stay queued
-            return b""
+            return _POKED
         finally:
             self._waiting = self._poked = False
+
+    def _chunk(self, message: Mapping[str, Any]) -> bytes:
         if message["type"] == "http.disconnect":
             self.ended = self.disconnected = True
             return b""
         if not message.get("more_body", False):
             self.ended = True
         chunk: bytes = message.get("body", b"")
+        return chunk
+
+    def _handed(self, chunk: bytes) -> bytes:
         self.received += len(chunk)
         return chunk
 
     async def queued(self) -> bytes:
         """A chunk the server already read from the socket, if any, without waiting for the client
         (so an interrupted request keeps every byte that reached this process)."""
-        if self.ended:
-            return b""
+        if self._early or self.ended:
+            return await self.next()
         waiter = asyncio.ensure_future(self.next())
         await asyncio.sleep(0)
         if waiter.done():
@@ -121,6 +178,9 @@ class BodyReader:
         waiter.cancel()
         await asyncio.gather(waiter, return_exceptions=True)
         return b""
+
+
+_POKED = object()
 
 
 @dataclass(frozen=True)
@@ -162,10 +222,31 @@ class WritePipeline:
         self.hooks = hooks
         self.network_timeout = network_timeout
         self.activity = Activity()
+        self._ahead_room = READ_AHEAD_TOTAL
 
     async def append(self, upload_id: str, offset: int, body: Body, declared_length: int | None) -> Upload:
-        """PATCH: append `body` at `offset`, declaring a deferred length if given."""
+        """PATCH: append `body` at `offset`, declaring a deferred length if given. A large body's
+        first bytes are read while the lease is taken (bounded per request and per process)."""
+        ahead = self._read_ahead(body)
+        try:
+            return await self._append(upload_id, offset, body, declared_length)
+        finally:
+            body.reader.abandon()
+            self._ahead_room += ahead
+
+    def _read_ahead(self, body: Body) -> int:
+        length = body.content_length
+        if length is not None and length < READ_AHEAD_FROM:
+            return 0
+        limit = min(READ_AHEAD, self._ahead_room)
+        if limit > 0:
+            self._ahead_room -= limit
+            body.reader.start_reading_ahead(limit)
+        return limit
+
+    async def _append(self, upload_id: str, offset: int, body: Body, declared_length: int | None) -> Upload:
         async with self.locks.hold(upload_id) as lease:
+            body.reader.stop_reading_ahead()
             upload = lease.upload
             if is_expired(upload, utcnow()):
                 raise UploadGone("upload expired")
