@@ -6,7 +6,9 @@ switch, a pool checkout and result wrapping: ~150 µs here, where asyncpg alone 
 primary-key SELECT). So the hot statements of `records.py` are compiled once for the asyncpg dialect
 (`prepared.plan`) and then run with asyncpg directly. Anything not prepared (the lease renewal's expanding
 IN list, the sweeper's listing) goes through `AsyncRunner`: autocommitted statements on SQLAlchemy's
-async engine, one round trip each instead of BEGIN + statement + COMMIT.
+async engine, one round trip each instead of BEGIN + statement + COMMIT. What requests run in one turn
+of the event loop shares a round trip where it can: the new uploads' single-row INSERTs
+(`executemany`) and the lookups of an upload by its ID (`KeyLookup`: one `= ANY(...)` SELECT).
 
 Every statement is bounded by `timeout` (connecting, waiting for a pooled connection, running), and
 connections use TCP keepalive, so a database that stops answering (a blackholed network, not only a
@@ -18,9 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import socket
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -148,6 +152,19 @@ def keep_alive(connection: asyncpg.Connection) -> None:
                 sock.setsockopt(level, option, value)
 
 
+@dataclass(frozen=True)
+class KeyLookup:
+    """A prepared SELECT of at most one row by key (`one`, the key in its parameter `key`) and the
+    same SELECT of many keys (`many`: `column = ANY(:keys)`, the key in column `column` of its rows).
+    The lookups that requests make in one loop turn share one round trip."""
+
+    one: sa.Executable
+    key: str
+    many: sa.Executable
+    keys: str
+    column: str
+
+
 class DirectRunner:
     """Prepared statements on asyncpg; everything else on `AsyncRunner` (SQLAlchemy)."""
 
@@ -157,24 +174,28 @@ class DirectRunner:
         prepared: Sequence[sa.Executable],
         timeout: float = 5.0,
         pool_size: int = 20,
+        lookups: Sequence[KeyLookup] = (),
     ) -> None:
         self._timeout = timeout
         self._fallback = AsyncRunner(engine, timeout, pool_size)
         self._dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
         self._pool = ConnectionPool(self._new_connection, pool_size, timeout)
         self._plans = {id(statement): plan(statement, engine.dialect) for statement in prepared}
-        self._insert_groups = {
+        self._groups = {
             id(statement): AwaitedCommitGroups(self._insert_together, one_at_a_time=False)
             for statement in prepared
             if _single_row_insert(statement)
         }
+        for lookup in lookups:
+            together = functools.partial(self._look_up_together, lookup, plan(lookup.many, engine.dialect))
+            self._groups[id(lookup.one)] = AwaitedCommitGroups(together, one_at_a_time=False)
 
     async def run(self, statement: sa.Executable, params: Params | None = None) -> Ran:
         prepared = self._plans.get(id(statement))
         if prepared is None:
             return await self._fallback.run(statement, params)
         params = params or {}
-        groups = self._insert_groups.get(id(statement))
+        groups = self._groups.get(id(statement))
         if groups is not None:
             try:
                 return await groups.submit(((prepared, params),))
@@ -202,6 +223,27 @@ class DirectRunner:
         except Exception:
             return [Regroup() for _ in steps]
         return [Ran([], 1) for _ in steps]
+
+    async def _look_up_together(self, lookup: KeyLookup, many: Plan, members: Members) -> Outcomes:
+        """The key lookups of one loop turn in one round trip, each request answered with its own
+        row (or none); if the shared SELECT fails for anything but an outage, each runs alone."""
+        steps = [step for (step,) in members]
+        if len(steps) == 1:
+            try:
+                return [await self._on_connection(lambda connection: self._execute(connection, *steps[0]))]
+            except Exception as exc:
+                return [exc]
+        keys = [params[lookup.key] for _, params in steps]
+        try:
+            found = await self._on_connection(
+                lambda connection: self._execute(connection, many, {lookup.keys: list(set(keys))})
+            )
+        except ServiceUnavailable as exc:
+            return [exc] * len(steps)
+        except Exception:
+            return [Regroup() for _ in steps]
+        by_key = {row[lookup.column]: row for row in found.rows}
+        return [Ran([by_key[key]], 1) if key in by_key else Ran([], 0) for key in keys]
 
     async def run_guarded(self, guard: Step, follow: Sequence[Step]) -> Ran:
         plans = [self._plans.get(id(statement)) for statement, _ in (guard, *follow)]
@@ -255,7 +297,9 @@ class DirectRunner:
         return Ran([], len(arguments))
 
     async def _new_connection(self) -> asyncpg.Connection:
-        connection = await asyncpg.connect(self._dsn, **connect_arguments(self._timeout))
+        connection = await asyncpg.connect(
+            self._dsn, **connect_arguments(self._timeout), server_settings=_KEYED_ONLY
+        )
         try:
             async with asyncio.timeout(self._timeout):
                 await _set_up(connection)
@@ -271,6 +315,13 @@ class DirectRunner:
     async def close(self) -> None:
         await self._pool.close()
         await self._fallback.close()
+
+
+_KEYED_ONLY = {"enable_seqscan": "off"}
+"""These connections run only statements that find their rows by key. PostgreSQL keeps the plan it
+chose for a prepared statement while the table was nearly empty (a sequential scan, for `_GET_MANY`'s
+`= ANY(...)`) until statistics are next gathered; this keeps it to the index whatever the statistics
+say. (It forbids nothing: a statement with no index to use still scans.)"""
 
 
 def _single_row_insert(statement: sa.Executable) -> bool:

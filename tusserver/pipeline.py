@@ -20,8 +20,11 @@ and the answer every way of ending implies:
 | body past Upload-Length (no Content-Length) | up to the length     | 204, as tusd          |
 
 The per-chunk path is a loop over `receive()` with no task, no queue and no generator per chunk: a
-length check, one clock read and the writer's append. A stalled body is interrupted by cancelling the
-one `receive()` it waits on (`BodyReader.poke`); nothing else is ever cancelled. Bytes are counted for
+length check, one clock read and the writer's append. Only while a PATCH of a large body waits for
+its lease does a task read ahead (`BodyReader.start_reading_ahead`, bounded per request and per
+process), so the database's round trip overlaps the body's first bytes. A stalled body is
+interrupted by cancelling the one wait for the client it is in (`BodyReader.poke`); the read-ahead
+task is cancelled only when the request is answered without reading its body. Bytes are counted for
 `/metrics` at checkpoints and once when the body ends, and a body is registered with `activity` (the
 operator page) once when it starts and once when it ends: never per chunk.
 """
@@ -127,8 +130,14 @@ class BodyReader:
     def abandon(self) -> None:
         """The request is answered without (the rest of) its body: a read-ahead still waiting ends."""
         self._ahead_stop = True
-        if self._ahead is not None and not self._ahead.done():
-            self._ahead.cancel()
+        ahead, self._ahead = self._ahead, None
+        if ahead is None:
+            return
+        if ahead.done():
+            if not ahead.cancelled():
+                ahead.exception()  # retrieved: nobody reads this body any more
+        else:
+            ahead.cancel()
 
     async def _read_ahead(self, limit: int) -> None:
         taken = 0
