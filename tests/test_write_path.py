@@ -244,3 +244,27 @@ async def test_a_body_read_ahead_for_a_wrong_offset_stores_nothing(settings: Set
 async def _in_chunks(data: bytes, size: int = 64 << 10) -> AsyncIterator[bytes]:
     for start in range(0, len(data), size):
         yield data[start : start + size]
+
+
+async def test_the_keeper_leaves_a_lease_whose_release_is_under_way_to_that_release(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A request's commit released the row, and the request has not yet heard so when the keeper
+    renews: that lease is not reported lost (it was, before, as `lock_lost` under load). A lease
+    whose row another request took is still found lost."""
+    app_client = AppClient(settings)
+    async with app_client as client:
+        service = app_client.app.state.service
+        locks: UploadLocks = service.locks
+        released, taken = [(await create(client, 10)).rsplit("/", 1)[1] for _ in range(2)]
+        async with locks.hold(released) as releasing, locks.hold(taken) as stolen:
+            releasing.releasing = True
+            await service.records.release(released, releasing.owner)  # the row is free already
+            await service.records.release(taken, stolen.owner)  # behind its holder's back
+            assert await service.records.acquire(taken, "another:1", 60) is not None
+            await locks.beat()
+            assert releasing.state is LeaseState.HELD
+            assert stolen.state is LeaseState.LOST
+    assert [
+        record.getMessage().split()[0] for record in caplog.records if "lock_lost" in record.getMessage()
+    ] == ["lock_lost"]

@@ -98,6 +98,10 @@ class Lease:
     freed: asyncio.Event = field(default_factory=asyncio.Event)
     stopped_by: UploadStopped | None = None
     """The answer of a request whose upload a post-receive hook stopped (state STOPPED)."""
+    releasing: bool = False
+    """A statement that releases this lease in the database is under way: the keeper leaves the
+    lease to it (a renewal could find the row released before this request has heard so, and would
+    report a healthy lease as lost)."""
 
     def __post_init__(self) -> None:
         self.renewed(time.monotonic())
@@ -261,7 +265,11 @@ class UploadLocks:
                 log.exception("lease_keeper_beat_failed")
 
     async def beat(self) -> None:
-        leases = [lease for lease in self._local.values() if lease.state is not LeaseState.RELEASED]
+        leases = [
+            lease
+            for lease in self._local.values()
+            if lease.state is not LeaseState.RELEASED and not lease.releasing
+        ]
         if leases:
             await self._renew(leases)
         now = time.monotonic()
@@ -278,6 +286,8 @@ class UploadLocks:
                 lease.trusted(time.monotonic())
             return
         for lease in leases:
+            if lease.releasing:
+                continue  # its release began while the renewal was under way: that decides
             if lease.owner not in answers:
                 if lease.move(LeaseState.LOST):
                     log.warning("lock_lost upload_id=%s owner=%s", lease.upload.id, lease.owner)
@@ -287,6 +297,7 @@ class UploadLocks:
                 log.info("lock_release_requested upload_id=%s", lease.upload.id)
 
     async def _release_quietly(self, lease: Lease) -> None:
+        lease.releasing = True
         try:
             await self._records.release(lease.upload.id, lease.owner)
         except ServiceUnavailable:

@@ -348,6 +348,7 @@ class WritePipeline:
             if completing and not keep and not upload.is_rejected
             else ()
         )
+        run.lease.releasing = not keep
         committed = await self.records.commit(
             upload, run.lease.owner, before.offset, release=not keep, ttl=self.locks.ttl, events=events
         )
@@ -394,6 +395,7 @@ class WritePipeline:
             if done.is_rejected  # refused by pre-finish: no post-finish
             else self.hooks.durable(EventType.POST_FINISH, done, self.storage.describe(done), request)
         )
+        lease.releasing = True
         recorded = await self.records.commit(done, lease.owner, upload.offset, release=True, events=events)
         if recorded is None:
             return upload  # taken over meanwhile: still `unfinished`, finished again later

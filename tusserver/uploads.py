@@ -292,6 +292,7 @@ class UploadService:
                 await self.hooks.before(EventType.PRE_TERMINATE, upload, where, http)
             await self.storage.delete(upload)
             events = self.hooks.durable(EventType.POST_TERMINATE, upload, where, http)
+            lease.releasing = True
             if not await self.records.delete(upload_id, lease.owner, events):
                 raise UploadLocked("upload was taken over by another request, retry")
             lease.move(LeaseState.RELEASED)
