@@ -190,7 +190,7 @@ async def test_tus_extension_follows_the_storage_capabilities(settings: Settings
             service.storage.close()
 
 
-@pytest.mark.parametrize("size", [1_500_000, 6 << 20])
+@pytest.mark.parametrize("size", [1_500_000, READ_AHEAD + (2 << 20)])
 async def test_a_large_body_is_read_while_the_lease_is_taken_and_stored_whole(
     settings: Settings, size: int
 ) -> None:

@@ -67,8 +67,9 @@ from tusserver.statements import RETRY_AFTER_SECONDS
 
 log = logging.getLogger(__name__)
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-READ_AHEAD = 4 << 20
-"""Body bytes one PATCH may read while its lease is taken (the database's round trip)..."""
+READ_AHEAD = 8 << 20
+"""Body bytes one PATCH may read while its lease is taken (the database's round trip: under load on
+PostgreSQL its tail outlasted 4 MiB of body)..."""
 READ_AHEAD_TOTAL = 8 << 20
 """... and all PATCHes of this process at once."""
 READ_AHEAD_FROM = 256 << 10
