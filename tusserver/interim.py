@@ -28,6 +28,7 @@ from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from tusserver.http_limits import LimitedHttpToolsProtocol
 from tusserver.middleware import Scope
+from tusserver.request_bodies import ChunkedBodyProtocol
 from tusserver.write_batching import BatchedTransport
 
 EXTENSION = "tusserver.interim"
@@ -77,9 +78,10 @@ def _sender(cycle: RequestResponseCycle) -> Sender:
     return send
 
 
-class InterimHttpToolsProtocol(LimitedHttpToolsProtocol):
-    """The server's protocol: head limits, the interim-response extension in every request, and
-    small writes batched per turn of the event loop (`write_batching`)."""
+class InterimHttpToolsProtocol(ChunkedBodyProtocol, LimitedHttpToolsProtocol):
+    """The server's protocol: head limits, request bodies without copies (`request_bodies`), the
+    interim-response extension in every request, and small writes batched per turn of the event
+    loop (`write_batching`)."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(BatchedTransport(transport, self.loop))
