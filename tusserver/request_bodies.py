@@ -27,7 +27,7 @@ from tusserver.middleware import Message
 
 class ChunkedBodyCycle(RequestResponseCycle):
     """uvicorn's request-response cycle with its body kept as the list of chunks the parser made
-    (the class of a cycle `ChunkedBodyProtocol` adopted; no state of its own beyond `chunks`)."""
+    (the class of a cycle `ChunkedBodyProtocol` adopted; its own state is `chunks` and `waiting`)."""
 
     chunks: list[bytes]
     waiting: int
