@@ -69,8 +69,14 @@ def test_sqlite_timestamps_read_back_as_written() -> None:
         table.create(connection)
         connection.execute(table.insert(), [{"at": written}, {"at": None}])
         connection.execute(sa.text("INSERT INTO t VALUES ('2026-12-03 14:05:06.789')"))
+        connection.execute(sa.text("INSERT INTO t VALUES ('2026-12-03 16:05:06+02:00')"))  # not ours
         read = [row.at for row in connection.execute(sa.select(table.c.at))]
-    assert read == [written, None, datetime(2026, 12, 3, 14, 5, 6, 789000, tzinfo=UTC)]
+    assert read == [
+        written,
+        None,
+        datetime(2026, 12, 3, 14, 5, 6, 789000, tzinfo=UTC),
+        datetime(2026, 12, 3, 14, 5, 6, tzinfo=UTC),
+    ]
 
 
 def test_sqlite_timestamps_are_written_as_sqlalchemy_writes_them() -> None:
@@ -88,6 +94,13 @@ def test_sqlite_timestamps_are_written_as_sqlalchemy_writes_them() -> None:
         datetime(2027, 1, 1, 0, 0, 0, 1, tzinfo=zone),
     ):
         assert ours(moment) == theirs(moment.astimezone(UTC).replace(tzinfo=None))
+        assert ours(moment) == ours(moment)  # the second time from the text kept for it
+    first, second = datetime(2026, 12, 3, tzinfo=UTC), datetime(2026, 12, 4, tzinfo=UTC)
+    assert [ours(first), ours(second), ours(first)] == [
+        theirs(first.replace(tzinfo=None)),
+        theirs(second.replace(tzinfo=None)),
+        theirs(first.replace(tzinfo=None)),
+    ]
     assert ours(None) is None
 
 

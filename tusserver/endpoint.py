@@ -2,7 +2,9 @@
 
 Every upload request passes here, so this is the whole of its routing: one string test on the path
 instead of Starlette's router, its two exception layers and its per-route wrapper (together about a
-fifth of a small request's CPU time). A `TusError` the handler raises becomes its short `text/plain`
+fifth of a small request's CPU time). A request that carries `Upload-Draft-Interop-Version` goes to
+`ietf_handlers` (which hands a version it does not speak on to `handlers`), every other one straight
+to `handlers`. A `TusError` the handler raises becomes its short `text/plain`
 answer here; anything else propagates to `FailsafeMiddleware`. A route of the application that the
 tus paths would shadow (the demo page, probes or the operator page under a base path of `/`) keeps
 its precedence: such a path is left to Starlette.
@@ -10,20 +12,21 @@ its precedence: such a path is left to Starlette.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from starlette.datastructures import Headers
-from starlette.requests import Request
+from starlette.requests import Request, empty_receive, empty_send
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Match
 
-from tusserver import ietf_handlers
+from tusserver import handlers, ietf_handlers
 from tusserver.errors import TusError
-from tusserver.middleware import Receive, Scope, Send, header_key
+from tusserver.ietf import INTEROP_VERSION
+from tusserver.middleware import Receive, Scope, Send, header_index, header_key, request_header
 
 Handler = Callable[[Request], Awaitable[Response]]
+_INTEROP = header_key(INTEROP_VERSION)
 
 
 class TusEndpoint:
@@ -37,11 +40,13 @@ class TusEndpoint:
     def handler_for(self, scope: Scope) -> Handler | None:
         """The handler of this request's path (with `path_params` set), or None if it is not ours."""
         path = _route_path(scope)
+        draft = request_header(scope, _INTEROP) is not None  # else tus 1.0, without the draft's layer
         if path == self.base or path == self.bare_base:
-            handler: Handler = ietf_handlers.collection
+            handler: Handler = ietf_handlers.collection if draft else handlers.collection
             params = {}
         elif path.startswith(self.base) and "/" not in path[len(self.base) :]:
-            handler, params = ietf_handlers.resource, {"upload_id": path[len(self.base) :]}
+            handler = ietf_handlers.resource if draft else handlers.resource
+            params = {"upload_id": path[len(self.base) :]}
         else:
             return None
         if self.shadowing and any(route.matches(scope)[0] is not Match.NONE for route in self.shadowing):
@@ -59,24 +64,27 @@ class TusEndpoint:
 
 
 class RequestHeaders(Headers):
-    """Starlette's request headers, with a `get` that finds a missing header without raising
-    (`Mapping.get` catches the `KeyError` of `__getitem__`: a few microseconds for each optional
-    tus header a request leaves out)."""
+    """Starlette's request headers, with a `get` that looks the name up in the request's header
+    index (`middleware.header_index`) instead of scanning the list, and finds a missing header
+    without raising (`Mapping.get` catches the `KeyError` of `__getitem__`: a few microseconds for
+    each optional tus header a request leaves out)."""
+
+    def __init__(self, scope: Scope) -> None:
+        super().__init__(scope=scope)
+        self._index = header_index(scope)
 
     def get(self, key: str, default: Any = None) -> Any:
-        name = header_key(key)
-        for header, value in self._list:
-            if header == name:
-                return value.decode("latin-1")
-        return default
+        value = self._index.get(header_key(key))
+        return default if value is None else value.decode("latin-1")
 
 
 class EndpointRequest(Request):
-    """The request the tus handlers get: its headers are `RequestHeaders`."""
+    """The request the tus handlers get: its headers are `RequestHeaders`, made with it (Starlette's
+    `headers` property finds them made; a `cached_property` took a lock on every first read)."""
 
-    @functools.cached_property
-    def headers(self) -> Headers:
-        return RequestHeaders(scope=self.scope)
+    def __init__(self, scope: Scope, receive: Receive = empty_receive, send: Send = empty_send) -> None:
+        super().__init__(scope, receive, send)
+        self._headers = RequestHeaders(scope)
 
 
 def error_response(method: str, problem: TusError) -> Response:

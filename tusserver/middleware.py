@@ -59,12 +59,26 @@ def header_key(name: str) -> bytes:
     return name.lower().encode("latin-1")
 
 
+HEADER_INDEX = "tusserver.header_index"
+
+
+def header_index(scope: Scope) -> dict[bytes, bytes]:
+    """The request's headers by lowercase name, first value of each (`scope[HEADER_INDEX]`, made on
+    first use): a request's layers and handlers look up a dozen headers, and a scan of the list for
+    each cost more than making this once."""
+    index: dict[bytes, bytes] | None = scope.get(HEADER_INDEX)
+    if index is None:
+        index = {}
+        for key, value in scope["headers"]:
+            if key not in index:
+                index[key] = bytes(value)
+        scope[HEADER_INDEX] = index
+    return index
+
+
 def request_header(scope: Scope, name: bytes) -> bytes | None:
     """The first value of a request header (`name` in lowercase), or None."""
-    for key, value in scope["headers"]:
-        if key == name:
-            return bytes(value)
-    return None
+    return header_index(scope).get(name)
 
 
 class TusMiddleware:

@@ -32,7 +32,6 @@ _UPLOAD_COLUMNS = (
     _t.created_at, _t.updated_at, _t.expires_at, _t.completed_at,
     _t.owner, _t.rejected_status, _t.rejected_reason,
 )  # fmt: skip
-_UPLOAD_NAMES = tuple(column.name for column in _UPLOAD_COLUMNS)
 _UPLOAD_SET_KEYS = tuple((field.name, f"set_{field.name}") for field in fields(Upload))
 """Each field and the INSERT's parameter for it: copied shallowly (`dataclasses.asdict` deep-copies:
 7 % of a POST)."""
@@ -140,8 +139,20 @@ class Summary:
 
 
 def _to_upload(row: Any) -> Upload:
-    values = row._mapping
-    return Upload(**{name: values[name] for name in _UPLOAD_NAMES})
+    """By position, in the order of `Upload`'s fields (checked below): a frozen dataclass built from
+    keywords, gathered by a comprehension, took two and a half times as long (2 µs of every HEAD)."""
+    v = row._mapping
+    return Upload(
+        v["id"], v["offset"], v["length"], v["created_at"], v["updated_at"], v["metadata"], v["concat"],
+        v["expires_at"], v["completed_at"], v["storage"], v["owner"],
+        v["rejected_status"], v["rejected_reason"],
+    )  # fmt: skip
+
+
+assert [field.name for field in fields(Upload)] == [
+    "id", "offset", "length", "created_at", "updated_at", "metadata", "concat",
+    "expires_at", "completed_at", "storage", "owner", "rejected_status", "rejected_reason",
+], "_to_upload passes Upload's fields by position"  # fmt: skip
 
 
 class UploadRecords:
