@@ -1,4 +1,4 @@
-"""Group commit on SQLite (`sqlite_groups.py`): the writes of one event-loop turn commit in one
+"""Group commit on SQLite (`sqlite_groups.py`): the writes of a few event-loop turns commit in one
 transaction, and each request still gets what it alone would have got: its rows, its own error,
 nothing of its writes when it failed or was cancelled first."""
 
@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from tusserver import statements
+from tusserver import commit_groups, statements
 
 pytestmark = pytest.mark.anyio
 
@@ -82,6 +82,22 @@ async def test_the_writes_of_one_loop_turn_commit_together(tmp_path: Path) -> No
         assert traced.count("BEGIN IMMEDIATE") == 1
         assert _commits(traced) == 1
         assert _committed(database) == [(n, f"b{n}") for n in range(8)]
+
+
+async def test_the_writes_of_consecutive_loop_turns_share_a_group(tmp_path: Path) -> None:
+    """One write per turn: the first write's group waits for the next turns' writes too."""
+    database = tmp_path / "turns.sqlite"
+    async with _runner(database) as (runner, traced):
+        writes = []
+        for n in range(commit_groups.GATHER_TURNS):
+            writes.append(asyncio.ensure_future(runner.run(_ADD, {"id": n, "body": "turn"})))
+            await asyncio.sleep(0)
+        assert not traced  # nothing ran yet: the group is still gathering
+        ran = await asyncio.gather(*writes)
+        assert [result.rowcount for result in ran] == [1] * commit_groups.GATHER_TURNS
+        assert traced.count("BEGIN IMMEDIATE") == 1
+        assert _commits(traced) == 1
+        assert len(_committed(database)) == commit_groups.GATHER_TURNS
 
 
 async def test_a_lone_write_runs_in_autocommit_as_before(tmp_path: Path) -> None:
@@ -152,7 +168,7 @@ async def test_a_write_whose_request_was_cancelled_before_its_group_never_runs(t
     async with _runner(database) as (runner, _):
         kept = asyncio.ensure_future(runner.run(_ADD, {"id": 1, "body": "kept"}))
         dropped = asyncio.ensure_future(runner.run(_ADD, {"id": 2, "body": "dropped"}))
-        await asyncio.sleep(0)  # both submitted; their group starts at the end of the next turn
+        await asyncio.sleep(0)  # both submitted; their group starts a few turns later
         dropped.cancel()
         assert (await kept).rowcount == 1
         with pytest.raises(asyncio.CancelledError):

@@ -25,6 +25,7 @@ from tusserver.allocator import MALLOC_ENV, tune_malloc
 from tusserver.core import Upload, utcnow
 from tusserver.locking import Lease, LeaseState, UploadLocks
 from tusserver.pipeline import READ_AHEAD
+from tusserver.records import UploadRecords
 from tusserver.statements import SqliteRunner
 from tusserver.storage import LocalStorage
 
@@ -44,28 +45,39 @@ async def test_a_file_missing_under_a_committed_offset_is_410(
         assert "missing" in gone.text
 
 
-async def test_a_checksummed_patch_that_is_taken_over_is_409_and_stores_nothing(
-    client: httpx.AsyncClient,
-) -> None:
-    path = await create(client, 1000)
-    body = b"x" * 1000
-    digest = base64.b64encode(hashlib.sha1(body).digest()).decode()
-    started = asyncio.Event()
+async def test_a_checksummed_patch_that_is_taken_over_is_409_and_stores_nothing(settings: Settings) -> None:
+    app_client = AppClient(settings)
+    async with app_client as client:
+        path = await create(client, 1000)
+        body = b"x" * 1000
+        digest = base64.b64encode(hashlib.sha1(body).digest()).decode()
+        started = asyncio.Event()
 
-    async def stalls() -> AsyncIterator[bytes]:
-        yield body[:300]
-        started.set()
-        await asyncio.sleep(3600)
-        yield body[300:]
+        async def stalls() -> AsyncIterator[bytes]:
+            yield body[:300]
+            started.set()
+            await asyncio.sleep(3600)
+            yield body[300:]
 
-    headers = {**OCTETS, "Upload-Offset": "0", "Upload-Checksum": f"sha1 {digest}"}
-    stalled = asyncio.create_task(client.patch(path, content=stalls(), headers=headers))
-    await started.wait()
-    async with asyncio.timeout(5):
-        assert await offset_of(client, path) == 0  # the HEAD takes over: nothing of it counted
-    interrupted = await stalled
-    assert interrupted.status_code == 409
-    assert interrupted.headers["Upload-Offset"] == "0"
+        headers = {**OCTETS, "Upload-Offset": "0", "Upload-Checksum": f"sha1 {digest}"}
+        stalled = asyncio.create_task(client.patch(path, content=stalls(), headers=headers))
+        await started.wait()
+        await _until_leased(app_client.app.state.service.records, path.rsplit("/", 1)[1])
+        async with asyncio.timeout(5):
+            assert await offset_of(client, path) == 0  # the HEAD takes over: nothing of it counted
+        interrupted = await stalled
+        assert interrupted.status_code == 409
+        assert interrupted.headers["Upload-Offset"] == "0"
+
+
+async def _until_leased(records: UploadRecords, upload_id: str) -> None:
+    """Poll (every 10 ms, 5 s at most) until a request holds the upload's lease: a PATCH takes it
+    with a write that commits with its group, some loop turns after its first bytes were sent."""
+    for _ in range(500):
+        if (await records.get_with_lock(upload_id))[1]:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the PATCH never took its lease")
 
 
 async def test_a_request_that_starts_during_shutdown_is_503(settings: Settings) -> None:

@@ -6,9 +6,10 @@ switch, a pool checkout and result wrapping: ~150 µs here, where asyncpg alone 
 primary-key SELECT). So the hot statements of `records.py` are compiled once for the asyncpg dialect
 (`prepared.plan`) and then run with asyncpg directly. Anything not prepared (the lease renewal's expanding
 IN list, the sweeper's listing) goes through `AsyncRunner`: autocommitted statements on SQLAlchemy's
-async engine, one round trip each instead of BEGIN + statement + COMMIT. What requests run in one turn
-of the event loop shares a round trip where it can: the new uploads' single-row INSERTs
-(`executemany`) and the lookups of an upload by its ID (`KeyLookup`: one `= ANY(...)` SELECT).
+async engine, one round trip each instead of BEGIN + statement + COMMIT. What requests run within a few
+turns of the event loop (`commit_groups.GATHER_TURNS`) shares a round trip where it can: the new
+uploads' single-row INSERTs (`executemany`) and the lookups of an upload by its ID (`KeyLookup`: one
+`= ANY(...)` SELECT).
 
 Every statement is bounded by `timeout` (connecting, waiting for a pooled connection, running), and
 connections use TCP keepalive, so a database that stops answering (a blackholed network, not only a
@@ -156,7 +157,7 @@ def keep_alive(connection: asyncpg.Connection) -> None:
 class KeyLookup:
     """A prepared SELECT of at most one row by key (`one`, the key in its parameter `key`) and the
     same SELECT of many keys (`many`: `column = ANY(:keys)`, the key in column `column` of its rows).
-    The lookups that requests make in one loop turn share one round trip."""
+    The lookups that requests make within a few loop turns share one round trip."""
 
     one: sa.Executable
     key: str
@@ -204,7 +205,7 @@ class DirectRunner:
         return await self._on_connection(lambda connection: self._execute(connection, prepared, params))
 
     async def _insert_together(self, members: Members) -> Outcomes:
-        """The single-row INSERTs of one statement that requests made in one loop turn, in one round
+        """The single-row INSERTs of one statement that requests made in a group's turns, in one round
         trip (asyncpg's `executemany`: pipelined, and atomic). If they fail as a whole for any
         reason but an outage (a key taken), each request inserts again alone and meets its own
         error, if any. Each INSERT costs about 118 µs of CPU alone and 33 µs in fours."""
@@ -229,7 +230,7 @@ class DirectRunner:
             return exc
 
     async def _look_up_together(self, lookup: KeyLookup, many: Plan, members: Members) -> Outcomes:
-        """The key lookups of one loop turn in one round trip, each request answered with its own
+        """The key lookups of a group's turns in one round trip, each request answered with its own
         row (or none); if the shared SELECT fails for anything but an outage, each runs alone."""
         steps = [step for (step,) in members]
         if len(steps) == 1:

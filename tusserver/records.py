@@ -53,7 +53,7 @@ _HELD = sa.and_(_t.lock_owner.is_not(None), _t.lock_expires_at > db_now()).label
 _GET = sa.select(*_UPLOAD_COLUMNS, _HELD).where(_ID)
 _GET_MANY = sa.select(*_UPLOAD_COLUMNS, _HELD).where(
     _t.id == sa.any_(_p("upload_ids", type_=sa.ARRAY(sa.String)))
-)  # PostgreSQL: the `_GET`s of one loop turn in one round trip (`pg_direct.KeyLookup`)
+)  # PostgreSQL: the `_GET`s of a few loop turns in one round trip (`pg_direct.KeyLookup`)
 _EXISTS = sa.select(_t.id).where(_ID)
 _ACQUIRE = (
     sa.update(upload_table)

@@ -1,5 +1,5 @@
 """Prepared statements on a pysqlite connection, one request's at a time or a group of them (the
-writes of one turn of the event loop, `commit_groups.py`) in one SQLite transaction (group commit).
+writes of a few turns of the event loop, `commit_groups.py`) in one SQLite transaction (group commit).
 
 A commit is most of a small write's cost: SQLite appends every page the statement changed (the
 table's, each index's) to the WAL, and with `--fsync` it fsyncs. Concurrent requests change the

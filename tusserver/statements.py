@@ -11,7 +11,7 @@ the hook events it causes), so the runners only need `run(statement)` and `run_g
   `busy_timeout` is 0 and a busy database is retried after an `asyncio.sleep` with backoff (other
   processes, `--workers`, may hold it). WAL checkpoints, which fsync, run in a thread every second
   instead of inside a commit on the loop, and make the WAL start over even under a steady stream of
-  writes (`_checkpoint`). The writes of one loop turn commit together (`commit_groups.py`,
+  writes (`_checkpoint`). The writes of a few loop turns commit together (`commit_groups.py`,
   `sqlite_groups.py`). With `--fsync` every commit fsyncs, so then the statements run in one
   database thread instead (one hop per read, one per group of writes).
 - PostgreSQL: `pg_direct.py`.
@@ -119,7 +119,7 @@ class SqliteRunner:
         self._plans = {id(statement): plan(statement, self._engine.dialect) for statement in prepared}
         self._writes = frozenset(id(statement) for statement in prepared if isinstance(statement, UpdateBase))
         self._groups: CommitGroups = (
-            AwaitedCommitGroups(self._run_group_in_thread, one_at_a_time=True)
+            AwaitedCommitGroups(self._run_group_in_thread, one_at_a_time=True, turns=1)  # fsyncs batch them
             if fsync
             else LoopCommitGroups(self._run_group)
         )
@@ -131,7 +131,7 @@ class SqliteRunner:
         return await self._patiently(guard, follow)
 
     async def _patiently(self, guard: Step, follow: Sequence[Step]) -> Ran:
-        """Run now (a write: with the others of this loop turn, `sqlite_groups.py`), retrying while
+        """Run now (a write: with the others of its group's loop turns, `sqlite_groups.py`), retrying while
         another process holds the database lock, up to BUSY_PATIENCE."""
         self._start_checkpoints()
         self._statements_since_checkpoint += 1
