@@ -4,10 +4,10 @@ Every upload request passes here, so this is the whole of its routing: one strin
 instead of Starlette's router, its two exception layers and its per-route wrapper (together about a
 fifth of a small request's CPU time). A request that carries `Upload-Draft-Interop-Version` goes to
 `ietf_handlers` (which hands a version it does not speak on to `handlers`), every other one straight
-to `handlers`. A `TusError` the handler raises becomes its short `text/plain`
-answer here; anything else propagates to `FailsafeMiddleware`. A route of the application that the
-tus paths would shadow (the demo page, probes or the operator page under a base path of `/`) keeps
-its precedence: such a path is left to Starlette.
+to `handlers`. A `TusError` the handler raises becomes its short `text/plain` answer here; anything
+else propagates to `FailsafeMiddleware`. A route of the application that the tus paths would shadow
+(the demo page, probes or the operator page under a base path of `/`) keeps its precedence: such a
+path is left to Starlette.
 """
 
 from __future__ import annotations
