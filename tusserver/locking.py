@@ -31,7 +31,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tusserver import metrics
@@ -160,28 +160,26 @@ class UploadLocks:
         """A lease for an upload this request inserted already leased (creation-with-upload)."""
         return Lease(upload, self.new_owner(), self.ttl)
 
-    @contextlib.asynccontextmanager
-    async def hold(self, upload_id: str) -> AsyncIterator[Lease]:
-        """Lease an existing upload for the duration of the block (taking it over if need be)."""
-        if self.shutting_down:
-            raise ServiceUnavailable("server shutting down, retry", {"Retry-After": "1"})
-        lease = await self._acquire(upload_id)
-        async with self.kept(lease):
-            yield lease
+    def hold(self, upload_id: str) -> Held:
+        """`async with locks.hold(upload_id) as lease`: lease an existing upload for the duration of
+        the block (taking it over if need be)."""
+        return Held(self, upload_id)
 
-    @contextlib.asynccontextmanager
-    async def kept(self, lease: Lease) -> AsyncIterator[Lease]:
-        """Keep an acquired lease renewed by the keeper; release it on exit unless already released."""
+    def kept(self, lease: Lease) -> Kept:
+        """`async with locks.kept(lease)`: keep an acquired lease renewed by the keeper; release it
+        on exit unless already released."""
+        return Kept(self, lease)
+
+    def _keep(self, lease: Lease) -> None:
         self._local[lease.upload.id] = lease
         if self.shutting_down:
             lease.move(LeaseState.SHUTDOWN)
-        try:
-            yield lease
-        finally:
-            if self._local.get(lease.upload.id) is lease:
-                del self._local[lease.upload.id]
-            if lease.state is not LeaseState.RELEASED:
-                await self._release_quietly(lease)
+
+    async def _let_go(self, lease: Lease) -> None:
+        if self._local.get(lease.upload.id) is lease:
+            del self._local[lease.upload.id]
+        if lease.state is not LeaseState.RELEASED:
+            await self._release_quietly(lease)
 
     async def wait_until_free(self, upload_id: str) -> Upload:
         """For status requests: ask a holder to let go and wait (bounded) so that the offset read
@@ -303,3 +301,46 @@ class UploadLocks:
         except ServiceUnavailable:
             log.warning("lock_release_failed upload_id=%s (expires by itself)", lease.upload.id)
         lease.move(LeaseState.RELEASED)
+
+
+class Kept:
+    """The block of `UploadLocks.kept`. Context managers of their own rather than
+    `contextlib.asynccontextmanager`'s: every PATCH enters two, and an async generator hands over
+    each step by raising an exception (4.6 % of a short PATCH's instructions, counted with
+    callgrind)."""
+
+    __slots__ = ("_lease", "_locks")
+
+    def __init__(self, locks: UploadLocks, lease: Lease) -> None:
+        self._locks = locks
+        self._lease = lease
+
+    async def __aenter__(self) -> Lease:
+        self._locks._keep(self._lease)
+        return self._lease
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._locks._let_go(self._lease)
+
+
+class Held:
+    """The block of `UploadLocks.hold`: the lease is taken on entry and let go on exit."""
+
+    __slots__ = ("_lease", "_locks", "_upload_id")
+
+    def __init__(self, locks: UploadLocks, upload_id: str) -> None:
+        self._locks = locks
+        self._upload_id = upload_id
+        self._lease: Lease | None = None
+
+    async def __aenter__(self) -> Lease:
+        locks = self._locks
+        if locks.shutting_down:
+            raise ServiceUnavailable("server shutting down, retry", {"Retry-After": "1"})
+        lease = self._lease = await locks._acquire(self._upload_id)
+        locks._keep(lease)
+        return lease
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._lease is not None:
+            await self._locks._let_go(self._lease)

@@ -337,7 +337,8 @@ class WritePipeline:
         post-finish); a hook that cannot be reached commits nothing of this body (503)."""
         before = run.upload
         upload = self.policy.advanced(before, result.written - run.checkpointed, utcnow())
-        upload = replace(upload, storage={**before.storage, **result.storage})
+        if result.storage:  # backend state to record with the offset (S3: its parts)
+            upload = replace(upload, storage={**before.storage, **result.storage})
         completing = upload.completed_at is not None and before.completed_at is None
         if completing:
             upload, run.refused = await self.pre_finish(upload, run.request)
@@ -534,7 +535,8 @@ class _Run:
         upload = pipeline.policy.advanced(before, result.written - self.checkpointed, utcnow())
         if upload.is_complete:
             return  # finishing belongs to the final commit
-        upload = replace(upload, storage={**before.storage, **result.storage})
+        if result.storage:
+            upload = replace(upload, storage={**before.storage, **result.storage})
         sent_at = time.monotonic()
         try:
             committed = await pipeline.records.commit(

@@ -110,6 +110,7 @@ class SqliteRunner:
             connect_args={"check_same_thread": False},
         )
         sa.event.listen(self._engine, "connect", _tune("FULL" if fsync else "NORMAL"))
+        sqlite3.register_adapter(type(None), _null)
         sa.event.listen(self._engine, "begin", _begin)
         self._database = database
         self._connection: sa.Connection | None = None
@@ -266,6 +267,14 @@ def _tune(synchronous: str) -> Callable[[Any, object], None]:
         cursor.close()
 
     return tune
+
+
+def _null(value: None) -> None:
+    """The adapter pysqlite finds for a None parameter: None, bound as NULL, as without one. Without
+    it, pysqlite looks for `__adapt__` on its protocol type for every None it binds, which raises
+    and clears an `AttributeError` each time: about 2,000 instructions per None, some nine of them
+    in a POST + HEAD (3.6 % of its instructions, counted with callgrind)."""
+    return value
 
 
 def _begin(connection: sa.Connection) -> None:
