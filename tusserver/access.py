@@ -1,9 +1,9 @@
-"""`AccessMiddleware`, the outermost layer: gives each request its ID (`X-Request-ID` if the client
-sent a sane one, else a new one, echoed in the response) and its `Exchange`, whose headers (this
-layer's and those the layers inside add) it puts on the answer, counts it (`tusserver_http_requests_total`,
-duration histograms) and logs one `request` line when it ends: method, path, status, body bytes
-stored, duration. Paths only: upload URLs are credentials, the host is never logged. Probes and
-scrapes (`quiet_paths`) are logged at DEBUG.
+"""`AccessLog`, the first and the last step of every request (`front.Front` runs it): gives each
+request its ID (`X-Request-ID` if the client sent a sane one, else a new one, echoed in the answer)
+and its `Exchange`, on which the steps after it add the answer's headers; when the request ends it
+counts it (`tusserver_http_requests_total`, duration histograms) and logs one `request` line:
+method, path, status, body bytes stored, duration. Paths only: upload URLs are credentials, the
+host is never logged. Probes and scrapes (`quiet_paths`) are logged at DEBUG.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import time
 from collections.abc import Collection
 
 from tusserver import metrics
-from tusserver.logs import RequestContext, enter_request, leave_request
-from tusserver.middleware import EXCHANGE, ASGIApp, Exchange, Message, Receive, Scope, Send, request_header
+from tusserver.logs import RequestContext
+from tusserver.middleware import Exchange, Scope, request_header
 
 log = logging.getLogger("tusserver.access")
 _REQUEST_ID = b"x-request-id"
@@ -30,38 +30,21 @@ def _new_request_id() -> str:
     return f"{_IDS.getrandbits(64):016x}"
 
 
-class AccessMiddleware:
-    def __init__(self, app: ASGIApp, quiet_paths: Collection[str] = ()) -> None:
-        self.app = app
+class AccessLog:
+    def __init__(self, quiet_paths: Collection[str] = ()) -> None:
         self.quiet_paths = frozenset(quiet_paths)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.monotonic()
+    def begin(self, scope: Scope) -> tuple[Exchange, RequestContext]:
+        """A request starts: its exchange (with `X-Request-ID` for the answer) and its context."""
         given = request_header(scope, _REQUEST_ID)
         request_id = given.decode() if given and _SANE_ID.fullmatch(given) else _new_request_id()
-        exchange = scope[EXCHANGE] = Exchange([(_REQUEST_ID, request_id.encode())])
-        client = scope.get("client")
-        context = RequestContext(
-            request_id, scope["method"], scope["path"], f"{client[0]}:{client[1]}" if client else ""
-        )
+        exchange = Exchange([(_REQUEST_ID, request_id.encode())])
+        return exchange, RequestContext(request_id, scope["method"], scope["path"], scope.get("client"))
 
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                exchange.status = message["status"]
-                message["headers"] = [*message.get("headers", []), *exchange.extra_headers]
-            await send(message)
-
-        token = enter_request(context)
-        try:
-            await self.app(scope, receive, send_with_headers)
-        finally:
-            leave_request(token)
-            self._record(context, exchange.status, time.monotonic() - started)
-
-    def _record(self, context: RequestContext, status: int, seconds: float) -> None:
+    def end(self, context: RequestContext, status: int, started: float) -> None:
+        """A request that began at `started` (`time.monotonic()`) ended, answered with `status` (0:
+        never): count it and log its line."""
+        seconds = time.monotonic() - started
         method = context.method if context.method in _METHODS else "OTHER"
         answered = str(status) if status else "none"  # "none": the client left before any answer
         metrics.request_answered(method, answered, seconds)

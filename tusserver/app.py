@@ -1,10 +1,10 @@
 """`create_app(settings)`: the Starlette application, its routes, error mapping and lifespan.
 
 The lifespan starts what `runtime.running` assembles (engine and migrations, storage, locks, hooks,
-the upload service) plus the expiry sweeper, and tears them down; `CorsMiddleware` and
-`TusMiddleware` apply the rules that hold for every request; `TusEndpoint` routes the upload requests
-(and turns a `TusError` into its short `text/plain` answer), and `FailsafeMiddleware` answers 500 for
-anything unexpected.
+the upload service) plus the expiry sweeper, and tears them down; `Front` takes every HTTP request
+through the steps that hold for all of them (access log, CORS, tus rules, the last-resort 500) to
+`TusEndpoint`, which routes the upload requests (and turns a `TusError` into its short `text/plain`
+answer), or to Starlette's routes.
 `app_from_env` is the factory uvicorn workers load.
 """
 
@@ -23,16 +23,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tusserver import demo, logs, metrics, ops
-from tusserver.access import AccessMiddleware
+from tusserver.access import AccessLog
 from tusserver.admin import AdminPage
 from tusserver.allocator import tune_malloc
 from tusserver.config import Settings
-from tusserver.cors import CorsMiddleware
+from tusserver.cors import Cors
 from tusserver.endpoint import TusEndpoint, error_response
 from tusserver.errors import TusError
-from tusserver.failsafe import FailsafeMiddleware
+from tusserver.front import Front
 from tusserver.health import Readiness
-from tusserver.middleware import ASGIApp, Receive, Scope, Send, TusMiddleware
+from tusserver.middleware import Receive, Scope, Send, TusRules
 from tusserver.observed import Observer
 from tusserver.runtime import build_hooks, running
 from tusserver.storage import check_storage
@@ -102,24 +102,23 @@ def create_app(
     )
     app.router.redirect_slashes = False  # /files and /files/ are both the collection (CR-13)
     app.state.settings = app.settings = settings
-    endpoint = TusEndpoint(base, routes)
-    routed = app.route_to(endpoint)
-    failsafe = FailsafeMiddleware(routed)  # innermost: its 500 still gets the headers added below
-    tus_rules = TusMiddleware(failsafe, exempt_paths=exempt)
-    cors = CorsMiddleware(
-        tus_rules, origins=settings.cors_origins, allow_credentials=settings.cors_allow_credentials
+    app.front = Front(
+        AccessLog(quiet_paths=ops_paths),
+        Cors(origins=settings.cors_origins, allow_credentials=settings.cors_allow_credentials),
+        TusRules(exempt_paths=exempt),
+        TusEndpoint(base, routes),
+        rest=app.other_routes,
     )
-    app.front = AccessMiddleware(cors, quiet_paths=ops_paths)
     return app
 
 
 class Application(Starlette):
     """Starlette for the lifespan and the routes beside the endpoint (probes, metrics, operator
-    page, demo); every HTTP request first passes `front`, the middleware stack of this server
-    (access log and metrics, CORS, tus rules, last-resort 500), and then goes to `TusEndpoint` or,
-    if its path is not the endpoint's, to Starlette's router."""
+    page, demo); every HTTP request goes to `front` (access log and metrics, CORS, tus rules,
+    last-resort 500), which hands it to `TusEndpoint` or, if its path is not the endpoint's, to
+    Starlette's router (`other_routes`)."""
 
-    front: ASGIApp | None = None
+    front: Front | None = None
     settings: Settings
     service: UploadService
     """Also in `state`; read as plain attributes by the handlers (`state` looks each name up through
@@ -132,18 +131,9 @@ class Application(Starlette):
         scope["app"] = self
         await self.front(scope, receive, send)
 
-    def route_to(self, endpoint: TusEndpoint) -> ASGIApp:
-        """The innermost app: the tus endpoint for its paths, Starlette's own stack for the rest."""
-        rest = super().__call__
-
-        async def routed(scope: Scope, receive: Receive, send: Send) -> None:
-            handler = endpoint.handler_for(scope)
-            if handler is None:
-                await rest(scope, receive, send)
-            else:
-                await endpoint.serve(handler, scope, receive, send)
-
-        return routed
+    async def other_routes(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Starlette's own stack, for the paths that are not the tus endpoint's."""
+        await super().__call__(scope, receive, send)
 
 
 def _settle_garbage_collector() -> None:

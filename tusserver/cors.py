@@ -1,4 +1,4 @@
-"""`CorsMiddleware`: lets browsers on allowed origins use the tus endpoint (pure ASGI).
+"""`Cors`: lets browsers on allowed origins use the tus endpoint.
 
 A preflight (OPTIONS with `Access-Control-Request-Method`) from an allowed origin is answered here,
 before the tus rules run, so it never meets a 412 (PROTOCOL.md C-O4). Every other response to an
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from tusserver.middleware import ASGIApp, Receive, Scope, Send, exchange_of, request_header
+from tusserver.middleware import Answer, Exchange, Scope, request_header
 
 ALLOW_METHODS = "POST, HEAD, PATCH, OPTIONS, GET, DELETE"
 ALLOW_HEADERS = (
@@ -33,9 +33,8 @@ _LISTED = frozenset(name.strip().lower() for name in ALLOW_HEADERS.split(","))
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
-class CorsMiddleware:
-    def __init__(self, app: ASGIApp, origins: str, allow_credentials: bool = False) -> None:
-        self.app = app
+class Cors:
+    def __init__(self, origins: str, allow_credentials: bool = False) -> None:
         listed = {origin.strip().rstrip("/") for origin in origins.split(",") if origin.strip()}
         self.any_origin = "*" in listed
         self.origins = set() if listed <= {"none"} else listed - {"*"}
@@ -44,20 +43,20 @@ class CorsMiddleware:
     def allows(self, origin: str) -> bool:
         return self.any_origin or origin in self.origins
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        origin_bytes = request_header(scope, b"origin") if scope["type"] == "http" else None
+    def check(self, scope: Scope, exchange: Exchange) -> Answer | None:
+        """The preflight's answer, for a preflight from an allowed origin; else None, after adding
+        the CORS headers to the answer of a request from an allowed origin."""
+        origin_bytes = request_header(scope, b"origin")
         origin = origin_bytes.decode("latin-1") if origin_bytes else None
         if origin is None or not self.allows(origin):
-            await self.app(scope, receive, send)
-            return
+            return None
         if scope["method"] == "OPTIONS" and request_header(scope, b"access-control-request-method"):
             requested = request_header(scope, b"access-control-request-headers") or b""
-            await self._preflight(origin, requested.decode("latin-1"), send)
-            return
-        exchange_of(scope).extra_headers.extend(
+            return self._preflight(origin, requested.decode("latin-1"))
+        exchange.extra_headers.extend(
             [(b"access-control-expose-headers", EXPOSE_HEADERS.encode()), *self._origin_headers(origin)]
         )
-        await self.app(scope, receive, send)
+        return None
 
     def _origin_headers(self, origin: str) -> list[tuple[bytes, bytes]]:
         if self.any_origin:
@@ -67,7 +66,7 @@ class CorsMiddleware:
             headers.append((b"access-control-allow-credentials", b"true"))
         return headers
 
-    async def _preflight(self, origin: str, requested: str, send: Send) -> None:
+    def _preflight(self, origin: str, requested: str) -> Answer:
         headers = [
             (b"access-control-allow-methods", ALLOW_METHODS.encode()),
             (b"access-control-allow-headers", allow_headers(requested).encode()),
@@ -75,8 +74,7 @@ class CorsMiddleware:
             (b"content-length", b"0"),
             *self._origin_headers(origin),
         ]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": b""})
+        return Answer(200, headers)
 
 
 def allow_headers(requested: str) -> str:

@@ -22,7 +22,6 @@ import sys
 import time
 from collections.abc import Iterator
 from contextvars import ContextVar
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,17 +32,25 @@ _INTEGER = re.compile(r"-?[0-9]+")
 _DECIMAL = re.compile(r"-?[0-9]+\.[0-9]+")
 
 
-@dataclass
 class RequestContext:
-    """One request, as its log lines and its access line describe it."""
+    """One request, as its log lines and its access line describe it. `bytes_in`: the body bytes
+    this request handed to storage (set once per body by the write path)."""
 
-    request_id: str
-    method: str
-    path: str
-    client: str
-    upload_id: str | None = None
-    bytes_in: int = 0
-    """Body bytes this request handed to storage (set once per body by the write path)."""
+    __slots__ = ("bytes_in", "method", "path", "peer", "request_id", "upload_id")
+
+    def __init__(self, request_id: str, method: str, path: str, peer: tuple[str, int] | None) -> None:
+        self.request_id = request_id
+        self.method = method
+        self.path = path
+        self.peer = peer
+        self.upload_id: str | None = None
+        self.bytes_in = 0
+
+    @property
+    def client(self) -> str:
+        """`host:port` of the client, made only when a line or a page shows it."""
+        peer = self.peer
+        return f"{peer[0]}:{peer[1]}" if peer else ""
 
 
 _current: ContextVar[RequestContext | None] = ContextVar("tusserver_request", default=None)

@@ -1,7 +1,8 @@
-"""`TusMiddleware`: the protocol rules that hold for every request, as pure ASGI; and `Exchange`, how
-the layers around the app add response headers without each wrapping `send`.
+"""`TusRules`: the protocol rules that hold for every request; `Exchange`, how the steps before the
+handler add response headers without each wrapping `send`; `Answer`, what such a step sends instead of
+running the handler; the ASGI types and the request's header index.
 
-It applies `X-HTTP-Method-Override` before routing (C-H8), refuses an HTTP/1.1 request without `Host`
+`TusRules` applies `X-HTTP-Method-Override` before routing (C-H8), refuses an HTTP/1.1 request without `Host`
 with 400 (RFC 9112 §3.2: servers like httptools let it through) and requests without a supported
 `Tus-Resumable` with 412 + `Tus-Version` before anything else runs (C-H2, C-H3; OPTIONS is exempt,
 C-O2), and adds `Tus-Resumable` to every response, Starlette's own 404/405 included (C-H1). A request
@@ -32,25 +33,16 @@ _VERSION_PAIR = (_RESUMABLE, TUS_VERSION.encode())
 _EXEMPT = frozenset({"OPTIONS", "GET"})
 
 
-EXCHANGE = "tusserver.exchange"
-
-
 class Exchange:
-    """One HTTP request's response, as the middleware layers share it (`scope[EXCHANGE]`, made by
-    `AccessMiddleware`, the outermost): the headers each layer adds to whatever answer goes out,
-    and its status once it started (0 before). One `send` wrapper (the access layer's) applies
-    them, where each layer used to wrap `send` again: four calls for every message."""
+    """One HTTP request's response, as the steps before its handler share it (made by `AccessLog`,
+    the first): the headers each step adds to whatever answer goes out, and its status once it
+    started (0 before). One `send` wrapper (`front.Front`'s) applies them to the answer."""
 
     __slots__ = ("extra_headers", "status")
 
     def __init__(self, extra_headers: list[tuple[bytes, bytes]]) -> None:
         self.extra_headers = extra_headers
         self.status = 0
-
-
-def exchange_of(scope: Scope) -> Exchange:
-    exchange: Exchange = scope[EXCHANGE]
-    return exchange
 
 
 @functools.lru_cache(maxsize=256)
@@ -81,19 +73,51 @@ def request_header(scope: Scope, name: bytes) -> bytes | None:
     return header_index(scope).get(name)
 
 
-class TusMiddleware:
-    def __init__(self, app: ASGIApp, exempt_paths: Collection[str] = ()) -> None:
+class Answer:
+    """A complete short answer given before any handler runs: a refusal, a CORS preflight."""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes = b"") -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    async def send(self, send: Send, method: str) -> None:
+        """Send it whole (its body left out for HEAD)."""
+        await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
+        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else self.body})
+
+
+def text_answer(status: int, text: str, *extra: tuple[bytes, bytes]) -> Answer:
+    """A short `text/plain` answer: one line of text."""
+    body = f"{text}\n".encode()
+    headers = [
+        *extra,
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    return Answer(status, headers, body)
+
+
+async def send_text(send: Send, method: str, status: int, text: str, *extra: tuple[bytes, bytes]) -> None:
+    """A complete short `text/plain` response (its body left out for HEAD)."""
+    await text_answer(status, text, *extra).send(send, method)
+
+
+class TusRules:
+    def __init__(self, exempt_paths: Collection[str] = ()) -> None:
         """`exempt_paths`: paths (and what lies below them) that are no tus endpoint: probes,
         metrics, the operator page."""
-        self.app = app
         self.exempt = tuple(exempt_paths)
         self.exempt_below = tuple(path + "/" for path in exempt_paths)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def check(self, scope: Scope, exchange: Exchange) -> tuple[Scope, Answer | None]:
+        """The scope the request goes on with (its method overridden, if asked), and the refusal to
+        send instead of running it, if any. Adds `Tus-Resumable` to the answer's headers."""
         path = scope.get("path", "")
-        if scope["type"] != "http" or path in self.exempt or path.startswith(self.exempt_below):
-            await self.app(scope, receive, send)
-            return
+        if path in self.exempt or path.startswith(self.exempt_below):
+            return scope, None
         override = request_header(scope, _OVERRIDE)
         if override:
             scope = dict(scope, method=override.decode("latin-1").strip().upper())
@@ -101,29 +125,14 @@ class TusMiddleware:
         interop = request_header(scope, _INTEROP)
         ietf = interop is not None and interop_of(interop.decode("latin-1")) is not None
         if not ietf:
-            exchange_of(scope).extra_headers.append(_VERSION_PAIR)
+            exchange.extra_headers.append(_VERSION_PAIR)
         if scope.get("http_version") == "1.1" and request_header(scope, b"host") is None:
-            await send_text(send, scope["method"], 400, "an HTTP/1.1 request needs a Host header")
-            return
+            return scope, text_answer(400, "an HTTP/1.1 request needs a Host header")
         if (
             not ietf
             and scope["method"] not in _EXEMPT
             and request_header(scope, _RESUMABLE) != _VERSION_PAIR[1]
         ):
             version = (TUS_VERSION_HEADER.lower().encode(), TUS_VERSION.encode())
-            text = f"{TUS_RESUMABLE} must be {TUS_VERSION}"
-            await send_text(send, scope["method"], 412, text, version)
-            return
-        await self.app(scope, receive, send)
-
-
-async def send_text(send: Send, method: str, status: int, text: str, *extra: tuple[bytes, bytes]) -> None:
-    """A complete short `text/plain` response (its body left out for HEAD)."""
-    body = f"{text}\n".encode()
-    headers = [
-        *extra,
-        (b"content-type", b"text/plain; charset=utf-8"),
-        (b"content-length", str(len(body)).encode()),
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
+            return scope, text_answer(412, f"{TUS_RESUMABLE} must be {TUS_VERSION}", version)
+        return scope, None
