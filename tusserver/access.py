@@ -16,7 +16,7 @@ from collections.abc import Collection
 
 from tusserver import metrics
 from tusserver.logs import RequestContext
-from tusserver.middleware import Exchange, Scope, request_header
+from tusserver.middleware import Exchange, HeaderIndex, Scope
 
 log = logging.getLogger("tusserver.access")
 _REQUEST_ID = b"x-request-id"
@@ -34,9 +34,9 @@ class AccessLog:
     def __init__(self, quiet_paths: Collection[str] = ()) -> None:
         self.quiet_paths = frozenset(quiet_paths)
 
-    def begin(self, scope: Scope) -> tuple[Exchange, RequestContext]:
+    def begin(self, scope: Scope, headers: HeaderIndex) -> tuple[Exchange, RequestContext]:
         """A request starts: its exchange (with `X-Request-ID` for the answer) and its context."""
-        given = request_header(scope, _REQUEST_ID)
+        given = headers.get(_REQUEST_ID)
         request_id = given.decode() if given and _SANE_ID.fullmatch(given) else _new_request_id()
         exchange = Exchange([(_REQUEST_ID, request_id.encode())])
         return exchange, RequestContext(request_id, scope["method"], scope["path"], scope.get("client"))

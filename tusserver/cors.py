@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from tusserver.middleware import Answer, Exchange, Scope, request_header
+from tusserver.middleware import Answer, Exchange, HeaderIndex, Scope
 
 ALLOW_METHODS = "POST, HEAD, PATCH, OPTIONS, GET, DELETE"
 ALLOW_HEADERS = (
@@ -43,15 +43,15 @@ class Cors:
     def allows(self, origin: str) -> bool:
         return self.any_origin or origin in self.origins
 
-    def check(self, scope: Scope, exchange: Exchange) -> Answer | None:
+    def check(self, scope: Scope, headers: HeaderIndex, exchange: Exchange) -> Answer | None:
         """The preflight's answer, for a preflight from an allowed origin; else None, after adding
         the CORS headers to the answer of a request from an allowed origin."""
-        origin_bytes = request_header(scope, b"origin")
+        origin_bytes = headers.get(b"origin")
         origin = origin_bytes.decode("latin-1") if origin_bytes else None
         if origin is None or not self.allows(origin):
             return None
-        if scope["method"] == "OPTIONS" and request_header(scope, b"access-control-request-method"):
-            requested = request_header(scope, b"access-control-request-headers") or b""
+        if scope["method"] == "OPTIONS" and headers.get(b"access-control-request-method"):
+            requested = headers.get(b"access-control-request-headers") or b""
             return self._preflight(origin, requested.decode("latin-1"))
         exchange.extra_headers.extend(
             [(b"access-control-expose-headers", EXPOSE_HEADERS.encode()), *self._origin_headers(origin)]

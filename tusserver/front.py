@@ -19,7 +19,7 @@ from tusserver.cors import Cors
 from tusserver.endpoint import TusEndpoint
 from tusserver.failsafe import answer_failure
 from tusserver.logs import enter_request, leave_request
-from tusserver.middleware import ASGIApp, Message, Receive, Scope, Send, TusRules
+from tusserver.middleware import ASGIApp, Message, Receive, Scope, Send, TusRules, header_index
 
 
 class Front:
@@ -36,7 +36,8 @@ class Front:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """One HTTP request (`scope["type"] == "http"`)."""
         started = time.monotonic()
-        exchange, context = self.access.begin(scope)
+        headers = header_index(scope)
+        exchange, context = self.access.begin(scope, headers)
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -46,9 +47,9 @@ class Front:
 
         token = enter_request(context)
         try:
-            answer = self.cors.check(scope, exchange)
+            answer = self.cors.check(scope, headers, exchange)
             if answer is None:
-                scope, answer = self.rules.check(scope, exchange)
+                scope, answer = self.rules.check(scope, headers, exchange)
             if answer is not None:
                 await answer.send(send_with_headers, scope["method"])
                 return

@@ -52,9 +52,10 @@ def header_key(name: str) -> bytes:
 
 
 HEADER_INDEX = "tusserver.header_index"
+HeaderIndex = dict[bytes, bytes]
 
 
-def header_index(scope: Scope) -> dict[bytes, bytes]:
+def header_index(scope: Scope) -> HeaderIndex:
     """The request's headers by lowercase name, first value of each (`scope[HEADER_INDEX]`, made on
     first use): a request's layers and handlers look up a dozen headers, and a scan of the list for
     each cost more than making this once."""
@@ -112,27 +113,23 @@ class TusRules:
         self.exempt = tuple(exempt_paths)
         self.exempt_below = tuple(path + "/" for path in exempt_paths)
 
-    def check(self, scope: Scope, exchange: Exchange) -> tuple[Scope, Answer | None]:
+    def check(self, scope: Scope, headers: HeaderIndex, exchange: Exchange) -> tuple[Scope, Answer | None]:
         """The scope the request goes on with (its method overridden, if asked), and the refusal to
         send instead of running it, if any. Adds `Tus-Resumable` to the answer's headers."""
         path = scope.get("path", "")
         if path in self.exempt or path.startswith(self.exempt_below):
             return scope, None
-        override = request_header(scope, _OVERRIDE)
+        override = headers.get(_OVERRIDE)
         if override:
             scope = dict(scope, method=override.decode("latin-1").strip().upper())
 
-        interop = request_header(scope, _INTEROP)
+        interop = headers.get(_INTEROP)
         ietf = interop is not None and interop_of(interop.decode("latin-1")) is not None
         if not ietf:
             exchange.extra_headers.append(_VERSION_PAIR)
-        if scope.get("http_version") == "1.1" and request_header(scope, b"host") is None:
+        if scope.get("http_version") == "1.1" and headers.get(b"host") is None:
             return scope, text_answer(400, "an HTTP/1.1 request needs a Host header")
-        if (
-            not ietf
-            and scope["method"] not in _EXEMPT
-            and request_header(scope, _RESUMABLE) != _VERSION_PAIR[1]
-        ):
+        if not ietf and scope["method"] not in _EXEMPT and headers.get(_RESUMABLE) != _VERSION_PAIR[1]:
             version = (TUS_VERSION_HEADER.lower().encode(), TUS_VERSION.encode())
             return scope, text_answer(412, f"{TUS_RESUMABLE} must be {TUS_VERSION}", version)
         return scope, None
