@@ -451,7 +451,7 @@ def _disarm(method: str, headers: dict[str, bytes | None], path: str, known: Seq
 
 
 def _effective_method(request: httpx.Request) -> str:
-    """The method the server acts on, X-HTTP-Method-Override applied as TusMiddleware does (C-H8)."""
+    """The method the server acts on, X-HTTP-Method-Override applied as TusRules does (C-H8)."""
     for name, value in request.headers.raw:
         if name.lower() == b"x-http-method-override" and value:
             return value.decode("latin-1").strip().upper()

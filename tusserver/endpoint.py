@@ -5,9 +5,9 @@ instead of Starlette's router, its two exception layers and its per-route wrappe
 fifth of a small request's CPU time). A request that carries `Upload-Draft-Interop-Version` goes to
 `ietf_handlers` (which hands a version it does not speak on to `handlers`), every other one straight
 to `handlers`. A `TusError` the handler raises becomes its short `text/plain` answer here; anything
-else propagates to `FailsafeMiddleware`. A route of the application that the tus paths would shadow
-(the demo page, probes or the operator page under a base path of `/`) keeps its precedence: such a
-path is left to Starlette.
+else propagates to the last resort (`failsafe.answer_failure`, called by `front.Front`). A route of
+the application that the tus paths would shadow (the demo page, probes or the operator page under a
+base path of `/`) keeps its precedence: such a path is left to Starlette.
 """
 
 from __future__ import annotations

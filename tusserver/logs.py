@@ -3,8 +3,8 @@ and the request each line belongs to.
 
 Log messages in this package are written as `event key=value ...`; the JSON formatter turns that into
 `{"event": ..., "key": value, ...}` so both formats come from the same calls. The request being served
-(`RequestContext`, set by `access.AccessMiddleware` in a context variable) adds its `request_id` to
-every line logged while it runs.
+(`RequestContext`, made by `access.AccessLog` and set by `front.Front` in a context variable) adds its
+`request_id` to every line logged while it runs.
 
 A line costs little, because every request logs one: records skip what no format here shows (thread,
 process, caller), the text format's timestamp is formatted once a second, and the lines logged on
