@@ -115,11 +115,25 @@ def postgres_database() -> Iterator[str]:
     asyncio.run(_drop_database(name))
 
 
+_MADE_DATABASES: list[str] = []
+
+
 def new_postgres_database() -> str:
-    """Another fresh database (for tests that need a schema of their own); dropped with the server."""
+    """Another fresh database (for tests that need a schema of their own); dropped when the test
+    session ends (`_drop_made_databases`)."""
     name = f"tusserver_test_{os.getpid()}_{secrets.token_hex(3)}"
     asyncio.run(_recreate_database(name))
+    _MADE_DATABASES.append(name)
     return make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_made_databases() -> Iterator[None]:
+    """Drop the databases `new_postgres_database` made, once every test is done with them."""
+    yield
+    for name in _MADE_DATABASES:
+        asyncio.run(_drop_database(name))
+    _MADE_DATABASES.clear()
 
 
 @pytest.fixture
