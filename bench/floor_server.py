@@ -5,10 +5,11 @@ endpoint's routing and the answer), without the upload service and the database.
     python bench/floor_server.py serve --port 8080 --data-dir /tmp/floor   # then drive it, e.g.
     python ../shared/bench/tusbench.py w3 --endpoint http://127.0.0.1:8080/files/ --pid <its PID>
 
-A POST answers 201 with a new relative `Location` (nothing is stored) and a HEAD 200 with fixed offsets; every
-other request is the server's own. The ratio of its W3 to the full server's shows how much of a
-POST + HEAD cycle the upload logic and the database take, and its ratio to `base-asgi` how far any
-handler could bring the whole server. Not for serving anything.
+A POST answers 201 with a new relative `Location` (nothing is stored) and a HEAD 200 with fixed
+offsets; every other request is the server's own. The ratio of its W3 to the full server's shows how
+much of a POST + HEAD cycle the upload logic and the database take, and its ratio to `base-asgi` how
+far any handler could bring the whole server. One worker only (`--workers` processes would import
+the real handlers afresh). Not for serving anything.
 """
 
 from __future__ import annotations
