@@ -1,11 +1,14 @@
-"""`bench/floor_server.py`: the server with POST and HEAD answering constants, for measuring what
-surrounds a small request. It must answer as a tus server would (a benchmark client follows its
-`Location`s) and store nothing."""
+"""The measuring tools of `bench/` that the README quotes: `floor_server.py` (the server with POST and
+HEAD answering constants) must answer as a tus server would (a benchmark client follows its
+`Location`s) and store nothing; `inprocess.py` must drive the app through whole cycles, with each
+layer it can leave out."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -54,3 +57,16 @@ def test_post_and_head_answer_constants_and_store_nothing(floor_url: str, tmp_pa
         assert client.options(floor_url).headers["Tus-Version"] == "1.0.0"  # not replaced
     uploads = tmp_path / "data" / "uploads"
     assert not uploads.exists() or not any(uploads.iterdir())
+    with contextlib.closing(sqlite3.connect(tmp_path / "data" / "tusserver.db")) as database:
+        assert database.execute("SELECT count(*) FROM upload").fetchone() == (0,)  # no row either
+
+
+@pytest.mark.parametrize("without", [None, "records", "handlers"])
+def test_inprocess_cycles_run_with_each_layer(without: str | None) -> None:
+    command = [sys.executable, str(REPO_ROOT / "bench" / "inprocess.py"), "--cycles", "64", "--warm", "16"]
+    if without:
+        command += ["--without", without]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    finished = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0, finished.stderr
+    assert "64 cycles: " in finished.stderr  # a failed POST or HEAD raises instead
