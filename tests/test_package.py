@@ -39,3 +39,14 @@ def test_only_the_http_layer_knows_starlette() -> None:
 def test_every_module_says_what_it_owns() -> None:
     for path in PACKAGE.rglob("*.py"):
         assert ast.get_docstring(ast.parse(path.read_text())), path
+
+
+def test_type_checkers_hold_value_classes_frozen() -> None:
+    """`Upload` and the other `value_class`es are plain dataclasses at run time (for speed); mypy, which
+    CI runs, is what keeps them immutable: an assignment to a field must fail type checking."""
+    from mypy import api
+
+    source = "from tusserver.core import Upload\ndef change(upload: Upload) -> None:\n    upload.offset = 1\n"
+    report, _, status = api.run(["--strict", "--no-incremental", "--no-error-summary", "-c", source])
+    assert status == 1
+    assert 'Property "offset" defined in "Upload" is read-only' in report

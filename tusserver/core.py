@@ -1,8 +1,8 @@
 """The vocabulary shared by every layer: the `Upload` value, upload IDs and the seams between layers.
 
-`Upload` is a frozen snapshot of one row of upload state; it is changed with `dataclasses.replace` and
-stored by `UploadRecords`. `Storage` moves bytes and knows nothing of HTTP, SQL or locks.
-`FinishEvent` is what `--on-finish` callables receive. Nothing in this module performs I/O.
+`Upload` is an immutable snapshot of one row of upload state (a `value_class`); it is changed with
+`dataclasses.replace` and stored by `UploadRecords`. `Storage` moves bytes and knows nothing of HTTP,
+SQL or locks. `FinishEvent` is what `--on-finish` callables receive. Nothing in this module performs I/O.
 """
 
 from __future__ import annotations
@@ -12,10 +12,22 @@ import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Protocol, TypeVar, dataclass_transform
 
 # 128 random bits, lowercase hex: unguessable, and safe as a file name by construction.
 _UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
+
+
+_Value = TypeVar("_Value")
+
+
+@dataclass_transform(frozen_default=True)
+def value_class(cls: type[_Value]) -> type[_Value]:
+    """A dataclass with slots that type checkers hold frozen (mypy refuses any assignment to a field)
+    and that is a plain one at run time: a frozen dataclass's `__init__` sets every field through
+    `object.__setattr__`, 1.75 µs for `Upload`'s 13 fields against 0.22 µs, and the values of a
+    request (`Upload`, a statement's result) are made several times per request. Not hashable."""
+    return dataclass(slots=True)(cls)
 
 
 _ID_BATCH = 256
@@ -46,7 +58,7 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class Upload:
     """The state of one upload, as committed to the database."""
 
@@ -114,7 +126,7 @@ class FinishEvent:
         }
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class WriteResult:
     """What a write stored: `written` bytes from the upload's offset on (a prefix of what it was given),
     and backend state to commit in the same compare-and-set as the offset (e.g. S3 part ETags)."""

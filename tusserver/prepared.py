@@ -17,11 +17,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 
+from tusserver.core import value_class
+
 Processor = Callable[[Any], Any]
 Params = dict[str, Any]
 
 
-@dataclass(frozen=True)
+@value_class
 class Ran:
     """What a statement gave back: its rows (RETURNING or SELECT) and how many rows it changed."""
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from tusserver import metrics
-from tusserver.core import Storage, Upload, is_upload_id, new_upload_id, utcnow
+from tusserver.core import Storage, Upload, is_upload_id, new_upload_id, utcnow, value_class
 from tusserver.errors import (
     BadRequest,
     Forbidden,
@@ -41,7 +41,7 @@ _REFUSED_BODY = frozenset({400, 413, 460})
 ending (disconnect, takeover, shutdown, timeout, storage trouble) answers 201 at the offset reached."""
 
 
-@dataclass(frozen=True)
+@value_class
 class NewUpload:
     """What a creation request asks for, already parsed."""
 
