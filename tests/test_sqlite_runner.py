@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import itertools
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,8 @@ import sqlalchemy as sa
 
 from tests.conftest import app_client
 from tests.helpers import create
-from tusserver import Settings, statements
+from tusserver import Settings, sqlite_groups, statements
+from tusserver.core import Upload, new_upload_id, utcnow
 from tusserver.database import make_engine
 from tusserver.errors import ServiceUnavailable
 from tusserver.records import UploadRecords
@@ -136,3 +138,60 @@ async def test_a_database_locked_for_too_long_answers_503(
         holder.rollback()
         holder.close()
         await runner.close()
+
+
+async def test_writes_held_off_by_the_wal_restart_wait_for_it_and_then_commit_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checkpoint's RESTART holds writers off while it runs (3-8 ms under a stream of POSTs).
+    The writes it held off wait for it to end, without polling, and then commit as one group, as
+    they would have without it. Here the RESTART lasts until the test ends it."""
+    settings = Settings(data_dir=tmp_path / "d")
+    async with app_client(settings):
+        pass  # the schema
+    monkeypatch.setattr(statements, "CHECKPOINT_EVERY", 0.01)
+    holding, released = threading.Event(), threading.Event()
+
+    def restart_until_released(database: str) -> None:
+        with contextlib.closing(sqlite3.connect(database, isolation_level=None)) as connection:
+            connection.execute("BEGIN IMMEDIATE")  # writers held off, as by RESTART
+            holding.set()
+            released.wait(10)
+            connection.execute("ROLLBACK")
+
+    def no_polling(retries: int) -> float:
+        raise AssertionError("a write held off by our own checkpoint polled for the lock")
+
+    groups: list[int] = []
+    tried = asyncio.Event()
+    run_group = sqlite_groups.run_group
+
+    def counted(raw: Any, members: Any) -> Any:
+        groups.append(len(members))
+        tried.set()
+        return run_group(raw, members)
+
+    monkeypatch.setattr(statements, "_restart_wal", restart_until_released)
+    monkeypatch.setattr(statements, "_busy_delay", no_polling)
+    monkeypatch.setattr(statements, "run_group", counted)
+    engine = make_engine(f"sqlite:///{tmp_path / 'd' / 'tusserver.db'}")
+    store = UploadRecords(engine)
+    try:
+        await store.known_ids(["0" * 32])  # a statement: the checkpoints start
+        assert await asyncio.to_thread(holding.wait, 10), "no checkpoint started"
+        now = utcnow()
+        uploads = [
+            Upload(id=new_upload_id(), offset=0, length=10, created_at=now, updated_at=now) for _ in range(8)
+        ]
+        writes = [asyncio.ensure_future(store.add(upload)) for upload in uploads]
+        await asyncio.wait_for(tried.wait(), 10)  # together once, and held off
+        assert groups == [8]
+        assert not any(write.done() for write in writes)
+        released.set()
+        await asyncio.wait_for(asyncio.gather(*writes), 10)
+        assert groups == [8, 8]
+        assert await store.known_ids([upload.id for upload in uploads]) == {upload.id for upload in uploads}
+    finally:
+        released.set()
+        await store.close()
+        await engine.dispose()

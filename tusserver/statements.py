@@ -11,9 +11,10 @@ the hook events it causes), so the runners only need `run(statement)` and `run_g
   `busy_timeout` is 0 and a busy database is retried after an `asyncio.sleep` with backoff (other
   processes, `--workers`, may hold it). WAL checkpoints, which fsync, run in a thread every second
   instead of inside a commit on the loop, and make the WAL start over even under a steady stream of
-  writes (`_checkpoint`). The writes of a few loop turns commit together (`commit_groups.py`,
-  `sqlite_groups.py`). With `--fsync` every commit fsyncs, so then the statements run in one
-  database thread instead (one hop per read, one per group of writes).
+  writes (`_copy_wal`, `_restart_wal`); the writes that the restart holds off wait for its end.
+  The writes of a few loop turns commit together (`commit_groups.py`, `sqlite_groups.py`). With
+  `--fsync` every commit fsyncs, so then the statements run in one database thread instead (one hop
+  per read, one per group of writes).
 - PostgreSQL: `pg_direct.py`.
 
 Only failures of the database as a service become `ServiceUnavailable` (503 + Retry-After): it cannot
@@ -116,6 +117,7 @@ class SqliteRunner:
         self._connection: sa.Connection | None = None
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="tusserver-db") if fsync else None
         self._checkpointer: asyncio.Task[None] | None = None
+        self._restarting: asyncio.Future[None] | None = None
         self._statements_since_checkpoint = 0
         self._plans = {id(statement): plan(statement, self._engine.dialect) for statement in prepared}
         self._writes = frozenset(id(statement) for statement in prepared if isinstance(statement, UpdateBase))
@@ -142,11 +144,12 @@ class SqliteRunner:
         while True:
             try:
                 if grouped is not None:
-                    steps, grouped = grouped, None  # retries run alone
                     try:
-                        return await self._groups.submit(steps)
+                        return await self._groups.submit(grouped)
                     except Regroup:
-                        continue
+                        if not await self._restarted():
+                            grouped = None  # each request alone, to meet its own error
+                        continue  # held off by our own checkpoint: group again after it
                 if self._thread is None:
                     return self._run_now(guard, follow)
                 loop = asyncio.get_running_loop()
@@ -160,10 +163,22 @@ class SqliteRunner:
                     raise unavailable(exc) from exc
                 if code not in _SQLITE_BUSY:
                     raise  # an error in the SQL: a bug, not an outage
+                if await self._restarted():
+                    continue
             except OSError as exc:
                 raise unavailable(exc) from exc
             await asyncio.sleep(_busy_delay(retries))
             retries += 1
+
+    async def _restarted(self) -> bool:
+        """If our own checkpoint is starting the WAL over (holding writers off, a few milliseconds),
+        wait until it has: True. The writes it held off then go on at once, together, instead of
+        each polling with backoff (one polling write came in up to 4 ms late: POST's p99)."""
+        restarting = self._restarting
+        if restarting is None:
+            return False
+        await asyncio.shield(restarting)
+        return True
 
     def _planned_write(self, guard: Step, follow: Sequence[Step]) -> list[PlannedStep] | None:
         """A write whose steps are all prepared, as the plans a commit group runs; else None."""
@@ -226,7 +241,13 @@ class SqliteRunner:
                 continue
             self._statements_since_checkpoint = 0
             try:
-                await asyncio.to_thread(_checkpoint, self._database)
+                await asyncio.to_thread(_copy_wal, self._database)
+                self._restarting = asyncio.get_running_loop().create_future()
+                try:
+                    await asyncio.to_thread(_restart_wal, self._database)
+                finally:
+                    self._restarting.set_result(None)
+                    self._restarting = None
             except sqlite3.Error as exc:
                 log.warning("sqlite_checkpoint_failed error=%s", exc)
 
@@ -283,14 +304,19 @@ def _begin(connection: sa.Connection) -> None:
     connection.exec_driver_sql("BEGIN")
 
 
-def _checkpoint(database: str) -> None:
-    """PASSIVE copies the bulk of the WAL while writers go on; RESTART then copies what they added
-    meanwhile, holding new writers off for that moment (they get SQLITE_BUSY and retry), so that the
-    next write starts the WAL file over. A PASSIVE checkpoint alone never catches up with a steady
-    stream of writes, and the WAL grew without bound: 330 MB in 8 s of POST + HEAD. RESTART waits
-    at most 50 ms for a reader still on an older snapshot (writers wait meanwhile); if one stays,
-    the next checkpoint tries again."""
+def _copy_wal(database: str) -> None:
+    """PASSIVE copies the bulk of the WAL into the database while writers go on (20-30 ms a second
+    under a steady stream of POSTs). It never catches up with such a stream on its own, and the WAL
+    grew without bound: 330 MB in 8 s of POST + HEAD."""
     with contextlib.closing(sqlite3.connect(database, timeout=1)) as connection:
         connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+
+def _restart_wal(database: str) -> None:
+    """RESTART copies what writers added since `_copy_wal`, holding new writers off for that moment
+    (3-8 ms under the same stream: they get SQLITE_BUSY and wait for `_restarted`), so that the next
+    write starts the WAL file over. It waits at most 50 ms for a reader still on an older snapshot
+    (writers wait meanwhile); if one stays, the next checkpoint tries again."""
+    with contextlib.closing(sqlite3.connect(database, timeout=1)) as connection:
         connection.execute("PRAGMA busy_timeout=50")
         connection.execute("PRAGMA wal_checkpoint(RESTART)")
