@@ -34,9 +34,15 @@ async def constant_head(request: Request, upload_id: str) -> Response:
     return handlers.HeadersOnly(200, {UPLOAD_OFFSET: "0", UPLOAD_LENGTH: "1024", "Cache-Control": "no-store"})
 
 
-if __name__ == "__main__":
+def use_constant_handlers() -> None:
+    """Replace POST's and HEAD's handlers (`collection` and `resource` look both up when called);
+    refuse to run if they are gone, as the real ones would then silently stay in."""
     if not (hasattr(handlers, "create") and hasattr(handlers, "head")):
-        raise SystemExit("floor_server.py: tusserver.handlers has no create/head any more; update this tool")
-    handlers.create = constant_create  # `collection` and `resource` look both up when called
+        raise SystemExit("bench: tusserver.handlers has no create/head; update bench/floor_server.py")
+    handlers.create = constant_create
     handlers.head = constant_head
+
+
+if __name__ == "__main__":
+    use_constant_handlers()
     raise SystemExit(cli.main())

@@ -23,9 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from floor_server import constant_create, constant_head
+from floor_server import use_constant_handlers
 
-from tusserver import handlers
 from tusserver.app import create_app
 from tusserver.config import Settings
 from tusserver.core import Upload
@@ -140,9 +139,7 @@ def main() -> int:
     if args.without == "records":
         _without_records()
     elif args.without == "handlers":
-        _replaceable(handlers, "create", "head")
-        handlers.create = constant_create
-        handlers.head = constant_head
+        use_constant_handlers()
     with tempfile.TemporaryDirectory(prefix="tusserver-inprocess-") as directory:
         elapsed = asyncio.run(_run(Path(directory), args.cycles, args.concurrency, args.warm))
     print(f"{args.cycles} cycles: {elapsed / args.cycles * 1e3:.4f} ms a cycle", file=sys.stderr)

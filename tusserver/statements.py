@@ -173,7 +173,7 @@ class SqliteRunner:
     async def _restarted(self) -> bool:
         """If our own checkpoint is starting the WAL over (holding writers off, a few milliseconds),
         wait until it has: True. The writes it held off then go on at once, together, instead of
-        each polling with backoff (one polling write came in up to 4 ms late: POST's p99)."""
+        each polling with backoff (which let a write in up to 4 ms after the restart had ended)."""
         restarting = self._restarting
         if restarting is None:
             return False
